@@ -1,0 +1,123 @@
+"""The ATS stage math as pure, batched tensor functions (ATS-SPEC.md, steps 2 and 3).
+
+Every function takes a padded batch: ``valid`` (B x P bool) marks the patch tokens an image
+still has, so images with different token counts share one tensor. Nothing here knows about
+timm; ``vit.py`` feeds these functions and applies their choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
+    """S_j = (sum over heads of A[h, CLS, j]) * ||v_j||, normalised over each image's patches.
+
+    cls_attn: B x H x P, the class token's attention to the patch tokens.
+    v:        B x P x C, the patch tokens' values with all heads concatenated.
+    valid:    B x P bool. Returns B x P scores summing to 1 per image, 0 where not valid.
+    """
+    raw = cls_attn.sum(dim=1) * v.norm(dim=-1)
+    raw = raw.masked_fill(~valid, 0.0)
+    total = raw.sum(dim=-1, keepdim=True)
+    # An image whose patches all score 0 (possible only with degenerate weights) is
+    # treated as uniform, so sampling still has a CDF to walk.
+    uniform = valid.float() / valid.sum(dim=-1, keepdim=True).clamp(min=1)
+    return torch.where(total > 0, raw / total.clamp(min=torch.finfo(raw.dtype).tiny), uniform)
+
+
+@dataclass(frozen=True)
+class SamplingPicture:
+    """What inverse transform sampling did for one image, for the explanatory figure."""
+
+    sorted_scores: Tensor  # P', ascending, the image's present tokens only
+    cdf: Tensor  # P', the min-max normalised CDF of sorted_scores
+    order: Tensor  # P', index into the input of each sorted position
+    points: Tensor  # K, the sample points on [y0, 1]
+    picks: Tensor  # K, sorted position picked by each point
+
+
+def _normalised_cdf(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort ascending (absent tokens first), cumulate, min-max normalise over present tokens.
+
+    Returns (cdf, order), both B x P; absent tokens get a CDF of -1 so no point is ever
+    nearest to them.
+    """
+    keyed = scores.masked_fill(~valid, -1.0)
+    sorted_keys, order = keyed.sort(dim=-1, stable=True)
+    present = sorted_keys >= 0
+    cdf = sorted_keys.clamp(min=0).cumsum(dim=-1)
+    lo = torch.where(present, cdf, torch.full_like(cdf, float("inf"))).amin(dim=-1, keepdim=True)
+    hi = cdf[:, -1:]
+    spread = hi - lo
+    norm = (cdf - lo) / spread.clamp(min=torch.finfo(cdf.dtype).tiny)
+    return norm.masked_fill(~present, -1.0), order
+
+
+def _sample_points(cdf: Tensor, k: int) -> Tensor:
+    """K points evenly on [y0, 1], y0 the smallest non-zero normalised CDF value (B x K)."""
+    y0 = torch.where(cdf > 0, cdf, torch.full_like(cdf, 2.0)).amin(dim=-1, keepdim=True)
+    y0 = y0.clamp(max=1.0)
+    t = torch.linspace(0.0, 1.0, k, dtype=cdf.dtype, device=cdf.device)
+    return y0 + (1.0 - y0) * t
+
+
+def _nearest(cdf: Tensor, points: Tensor) -> Tensor:
+    """For each point, the sorted position with the nearest CDF value, the first on a tie."""
+    # argmin returns the first minimal index, which is exactly the spec's tie rule.
+    return (cdf.unsqueeze(1) - points.unsqueeze(2)).abs().argmin(dim=-1)
+
+
+def ats_select(scores: Tensor, valid: Tensor, k: int) -> Tensor:
+    """Inverse transform sampling: B x P bool of the patch tokens that survive (K' <= K)."""
+    cdf, order = _normalised_cdf(scores, valid)
+    picks = _nearest(cdf, _sample_points(cdf, k))
+    kept = torch.zeros_like(valid)
+    kept.scatter_(1, order.gather(1, picks), True)
+    # No spread at all (a single patch token): keep every token, as the spec says.
+    flat = (cdf.amax(dim=-1) <= 0).unsqueeze(1)
+    return torch.where(flat, valid, kept & valid)
+
+
+def sampling_picture(scores: Tensor, k: int) -> SamplingPicture:
+    """The sampling of one image's present-token scores (1-D), step by step, for plotting."""
+    valid = torch.ones(1, scores.numel(), dtype=torch.bool, device=scores.device)
+    cdf, order = _normalised_cdf(scores.reshape(1, -1), valid)
+    points = _sample_points(cdf, k)
+    picks = _nearest(cdf, points)
+    return SamplingPicture(
+        sorted_scores=scores.reshape(-1)[order[0]],
+        cdf=cdf[0],
+        order=order[0],
+        points=points[0],
+        picks=picks[0],
+    )
+
+
+def topk_select(scores: Tensor, valid: Tensor, k: int) -> Tensor:
+    """Keep the K highest-scoring present tokens of each image (all of them if fewer)."""
+    k = min(k, scores.shape[1])
+    keyed = scores.masked_fill(~valid, -1.0)
+    top = keyed.topk(k, dim=-1).indices
+    kept = torch.zeros_like(valid)
+    kept.scatter_(1, top, True)
+    return kept & valid
+
+
+def random_keys(num_patches: int, seed: int, stage: int) -> Tensor:
+    """A fixed random ranking of the original patch grid for one stage.
+
+    Ranking original positions (rather than drawing per batch row) makes random selection
+    independent of batch composition: an image keeps the same tokens alone or in a batch.
+    """
+    gen = torch.Generator().manual_seed(seed * 100_003 + stage)
+    return torch.rand(num_patches, generator=gen)
+
+
+def random_select(positions: Tensor, valid: Tensor, k: int, keys: Tensor) -> Tensor:
+    """Keep K random present tokens per image; positions (B x P) index the original grid."""
+    ranked = keys.to(positions.device)[positions.clamp(min=0)]
+    return topk_select(ranked, valid, k)

@@ -1,0 +1,67 @@
+"""GFLOPs from token counts, in the paper's convention (ATS-SPEC.md, "GFLOPs").
+
+GFLOPs here are multiply-accumulates x 1e-9, counting every matrix product of the blocks
+(q k^T and A v included), the patch embedding and the head. Norms, softmax, the ATS
+scoring and sampling (O(N log N)) are left out, as in DeiT and the paper.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
+
+_EMBED_MACS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], int]]" = weakref.WeakKeyDictionary()
+
+
+def block_macs(n_in: Tensor, n_out: Tensor, dim: int, attn_dim: int, mlp_dim: int) -> Tensor:
+    """MACs of one block with n_in tokens entering and n_out leaving (n_out = n_in if no pruning)."""
+    n_in, n_out = n_in.double(), n_out.double()
+    return (
+        3 * n_in * dim * attn_dim  # qkv
+        + n_in * n_in * attn_dim  # q k^T
+        + n_out * n_in * attn_dim  # A v, the kept rows only
+        + n_out * attn_dim * dim  # proj
+        + 2 * n_out * dim * mlp_dim  # MLP
+    )
+
+
+def embed_macs(net: nn.Module, height: int, width: int) -> int:
+    """MACs of the patch embedding at this input size, measured once with torch's counter.
+
+    Measuring (rather than assuming a 16 x 16 convolution) covers convolutional stems too.
+    """
+    cache = _EMBED_MACS.setdefault(net, {})
+    if (height, width) not in cache:
+        p = next(net.patch_embed.parameters())
+        probe = torch.zeros(1, 3, height, width, dtype=p.dtype, device=p.device)
+        counter = FlopCounterMode(display=False)
+        with torch.no_grad(), counter:
+            net.patch_embed(probe)
+        cache[(height, width)] = counter.get_total_flops() // 2  # the counter reports 2 per MAC
+    return cache[(height, width)]
+
+
+def head_macs(net: nn.Module) -> int:
+    """MACs of the classifier(s) on the pooled token(s)."""
+    heads = [getattr(net, "head", None), getattr(net, "head_dist", None)]
+    return sum(h.in_features * h.out_features for h in heads if isinstance(h, nn.Linear))
+
+
+def gflops(net: nn.Module, token_counts: Tensor, height: int, width: int) -> Tensor:
+    """Per-image GFLOPs from token counts (B x (depth + 1)): column b enters block b."""
+    total = torch.full(token_counts.shape[:1], float(embed_macs(net, height, width) + head_macs(net)),
+                       dtype=torch.float64)
+    counts = token_counts.cpu()
+    for b, blk in enumerate(net.blocks):
+        total += block_macs(counts[:, b], counts[:, b + 1], net.embed_dim,
+                            blk.attn.qkv.out_features // 3, blk.mlp.fc1.out_features)
+    return total * 1e-9
+
+
+def full_gflops(net: nn.Module, num_tokens: int, height: int, width: int) -> float:
+    """GFLOPs of the unpruned model: every block sees all num_tokens tokens."""
+    counts = torch.full((1, len(net.blocks) + 1), num_tokens, dtype=torch.long)
+    return float(gflops(net, counts, height, width)[0])

@@ -1,0 +1,159 @@
+"""Loading a ViT and its preprocessing: the shipped model, timm pretrained weights, or a file.
+
+Nothing a user gives is unpickled: checkpoint files are read as safetensors or with
+``torch.load(weights_only=True)`` (through timm's loader, which does exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+from timm.data import ImageNetInfo, create_transform, resolve_data_config
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import InputError
+from .train import ModelSpec, build
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+# Shipped checkpoints: name -> file stem in assets/ (weights .safetensors, card .json).
+EMBEDDED = {
+    "embedded": "shapes-vit",  # trained plainly: ATS plugged in afterwards
+    "embedded-ats": "shapes-vit-ats",  # the same model fine-tuned with ATS active
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run: the net (eval mode), its class names and its preprocessing."""
+
+    net: VisionTransformer
+    class_names: list[str]
+    transform: Callable[[Image.Image], torch.Tensor]
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    card: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return tuple(self.net.patch_embed.img_size)
+
+    def prepare(self, image: Image.Image) -> torch.Tensor:
+        """One PIL image -> 1 x 3 x H x W, exactly as the model sees it."""
+        return self.transform(image.convert("RGB")).unsqueeze(0)
+
+    def to_uint8(self, x: torch.Tensor) -> np.ndarray:
+        """Undo the normalisation of one 3 x H x W tensor: the picture the model sees."""
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        img = (x.detach().cpu() * std + mean).clamp(0, 1).mul(255).round().byte()
+        return img.permute(1, 2, 0).numpy()
+
+
+def _finish(net: VisionTransformer, name: str, class_names: list[str] | None = None,
+            card: dict[str, Any] | None = None) -> LoadedModel:
+    net.eval()
+    cfg = resolve_data_config({}, model=net)
+    n = net.num_classes
+    if class_names is None:
+        class_names = ImageNetInfo().label_descriptions(as_dict=False) if n == 1000 else [f"class {i}" for i in range(n)]
+    return LoadedModel(net, list(class_names), create_transform(**cfg), name,
+                       tuple(cfg["mean"]), tuple(cfg["std"]), card or {})
+
+
+def embedded_card(name: str = "embedded") -> dict[str, Any]:
+    path = ASSETS / f"{EMBEDDED[name]}.json"
+    if not path.is_file():
+        raise InputError(f"The shipped model card {path} is missing: reinstall ats-viz or run "
+                         "'python -m ats_viz train' to make it.")
+    return json.loads(path.read_text())
+
+
+def _load_embedded(name: str) -> LoadedModel:
+    card = embedded_card(name)
+    weights = ASSETS / f"{EMBEDDED[name]}.safetensors"
+    if not weights.is_file():
+        raise InputError(f"The shipped weights {weights} are missing: run 'python -m ats_viz train'.")
+    net = build(ModelSpec(**card["architecture"]))
+    net.load_state_dict(load_file(str(weights)))
+    return _finish(net, name, card["classes"], card)
+
+
+def _load_timm(model_name: str, pretrained_file: str | None = None) -> LoadedModel:
+    if model_name not in timm.list_models():
+        raise InputError(f"timm has no model named '{model_name}'. Try deit_small_patch16_224.")
+    overlay = {"file": str(pretrained_file)} if pretrained_file else None
+    try:
+        net = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay)
+    except Exception as err:  # noqa: BLE001 - any failure to fetch weights means the same to a user
+        raise InputError(
+            f"Could not get the pretrained weights of '{model_name}' ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'}). Without a network, "
+            "download them elsewhere (for example model.safetensors from huggingface.co/timm/"
+            f"{model_name}...) and load that file with the architecture '{model_name}'."
+        ) from None
+    return _finish(net, f"timm:{model_name}")
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing anything in it; bad files give an InputError."""
+    if not path.is_file():
+        raise InputError(f"No checkpoint file at '{path}'.")
+    if path.stat().st_size == 0:
+        raise InputError(f"The checkpoint '{path.name}' is empty (0 bytes).")
+    if path.suffix not in (".safetensors", ".pth", ".pt", ".bin"):
+        raise InputError(f"'{path.name}' is not a checkpoint: give a .safetensors, .pth or .pt file.")
+    try:
+        sd = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        first = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise InputError(f"'{path.name}' holds Python objects, not just weights, and is refused: "
+                             "loading it could run code. Save a state dict (or safetensors) instead.") from None
+        raise InputError(f"'{path.name}' could not be read as a checkpoint ({first}). "
+                         "Is it truncated or of another format?") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise InputError(f"'{path.name}' is not a state dict of tensors.")
+    return sd
+
+
+def _load_file(path: Path, arch: str | None) -> LoadedModel:
+    if not arch:
+        raise InputError(f"Say which timm architecture '{path.name}' is for (for example deit_small_patch16_224).")
+    if arch not in timm.list_models():
+        raise InputError(f"timm has no architecture named '{arch}'.")
+    sd = read_state_dict(path)
+    head = sd.get("head.weight")
+    net = timm.create_model(arch, pretrained=False, num_classes=head.shape[0] if head is not None else 1000)
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    shapes = [k for k, v in net.state_dict().items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+        parts = [f"missing keys: {few(missing)}" if missing else "",
+                 f"unexpected keys: {few(unexpected)}" if unexpected else ""]
+        raise InputError(f"'{path.name}' does not fit {arch}: " + "; ".join(p for p in parts if p) + ".")
+    return _finish(net, f"{path.name} ({arch})")
+
+
+def load_model(spec: str, arch: str | None = None, pretrained_file: str | None = None) -> LoadedModel:
+    """Load a model by spec: "embedded" / "embedded-ats", "timm:NAME", or a checkpoint path.
+
+    ``pretrained_file`` hands a local weights file to timm's own pretrained mechanism for
+    "timm:NAME" (how a user with downloaded weights runs the real model offline).
+    """
+    spec = spec.strip()
+    if spec in EMBEDDED:
+        return _load_embedded(spec)
+    if spec.startswith("timm:"):
+        return _load_timm(spec[5:].strip(), pretrained_file)
+    return _load_file(Path(spec).expanduser(), arch)

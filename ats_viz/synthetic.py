@@ -1,0 +1,234 @@
+"""The procedural shapes task the embedded model learns and the app shows on a fresh machine.
+
+One object of one of ten shape classes, with random size, position, rotation and colour,
+each class with its own outline and its own fill texture, on a cluttered background (gradients, low-frequency texture, noise, distractor strokes that
+belong to no class). The class lives in a few patches and the rest is background, which is
+what ATS needs to have something to show. Every image is a pure function of its seed, so the
+same seed gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+CLASSES: tuple[str, ...] = (
+    "circle", "square", "triangle", "star", "cross",
+    "ring", "hexagon", "crescent", "arrow", "heart",
+)
+SIZE = 224
+_SS = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
+
+
+def _polygon(name: str) -> np.ndarray:
+    """The outline of a polygonal shape in unit coordinates (radius about 1)."""
+    if name == "square":
+        return np.array([[-0.8, -0.8], [0.8, -0.8], [0.8, 0.8], [-0.8, 0.8]])
+    if name == "triangle":
+        a = np.deg2rad([-90, 30, 150])
+        return np.stack([np.cos(a), np.sin(a)], 1) * 1.05
+    if name == "hexagon":
+        a = np.deg2rad(np.arange(6) * 60)
+        return np.stack([np.cos(a), np.sin(a)], 1)
+    if name == "star":
+        a = np.deg2rad(np.arange(10) * 36 - 90)
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        return np.stack([np.cos(a) * r, np.sin(a) * r], 1)
+    if name == "cross":
+        w = 0.3
+        return np.array([[-w, -1], [w, -1], [w, -w], [1, -w], [1, w], [w, w],
+                         [w, 1], [-w, 1], [-w, w], [-1, w], [-1, -w], [-w, -w]])
+    if name == "arrow":
+        return np.array([[-1, -0.25], [0.15, -0.25], [0.15, -0.7], [1, 0],
+                         [0.15, 0.7], [0.15, 0.25], [-1, 0.25]])
+    if name == "heart":
+        t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+        x = 16 * np.sin(t) ** 3
+        y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
+        return np.stack([x, y + 2.5], 1) / 16.5
+    raise KeyError(name)
+
+
+def shape_mask(name: str, center: tuple[float, float], radius: float, angle: float,
+               size: int = SIZE) -> np.ndarray:
+    """A float mask in [0, 1] (size x size) of one shape, antialiased."""
+    big = np.zeros((size * _SS, size * _SS), np.uint8)
+    cx, cy, r = center[0] * _SS, center[1] * _SS, radius * _SS
+
+    def disc(dx: float, dy: float, rr: float, value: int) -> None:
+        cv2.circle(big, (round(cx + dx), round(cy + dy)), max(1, round(rr)), value, -1, cv2.LINE_AA)
+
+    if name == "circle":
+        disc(0, 0, r, 255)
+    elif name == "ring":
+        disc(0, 0, r, 255)
+        disc(0, 0, r * 0.55, 0)
+    elif name == "crescent":
+        disc(0, 0, r, 255)
+        disc(r * 0.45 * math.cos(angle), r * 0.45 * math.sin(angle), r * 0.85, 0)
+    else:
+        pts = _polygon(name) * r
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        pts = pts @ rot.T + [cx, cy]
+        cv2.fillPoly(big, [np.round(pts).astype(np.int32)], 255, cv2.LINE_AA)
+    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+
+
+def _hsv_colour(h: float, s: float, v: float) -> np.ndarray:
+    px = np.array([[[h * 179, s * 255, v * 255]]], np.uint8)
+    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
+def background(rng: np.random.Generator, clutter: float = 1.0, size: int = SIZE) -> np.ndarray:
+    """A muted, cluttered background (float32 RGB in 0..255); clutter in [0, 1] scales the mess."""
+    c0 = _hsv_colour(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.25, 0.75))
+    c1 = _hsv_colour(rng.random(), rng.uniform(0.0, 0.35), rng.uniform(0.25, 0.75))
+    a = rng.uniform(0, 2 * np.pi)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    g = np.cos(a) * ramp[None, :] + np.sin(a) * ramp[:, None]
+    g = (g - g.min()) / max(float(g.max() - g.min()), 1e-6)
+    img = c0 + (c1 - c0) * g[..., None]
+    # Low-frequency texture: a coarse random grid blown up smoothly.
+    coarse = rng.normal(0, 22 * clutter, (rng.integers(3, 9), rng.integers(3, 9), 3)).astype(np.float32)
+    img += cv2.resize(coarse, (size, size), interpolation=cv2.INTER_CUBIC)
+    # Distractor strokes: thin lines and arcs that belong to no class.
+    for _ in range(int(rng.integers(2, 9) * clutter)):
+        col = tuple(float(x) for x in _hsv_colour(rng.random(), rng.uniform(0, 0.7), rng.uniform(0.2, 0.9)))
+        p = rng.integers(0, size, 4)
+        if rng.random() < 0.5:
+            cv2.line(img, (int(p[0]), int(p[1])), (int(p[2]), int(p[3])), col, int(rng.integers(1, 3)), cv2.LINE_AA)
+        else:
+            ax = (int(rng.integers(10, 60)), int(rng.integers(10, 60)))
+            start = float(rng.uniform(0, 360))
+            cv2.ellipse(img, (int(p[0]), int(p[1])), ax, float(rng.uniform(0, 180)), start,
+                        start + float(rng.uniform(40, 160)), col, int(rng.integers(1, 3)), cv2.LINE_AA)
+    img += rng.standard_normal((size, size, 3), dtype=np.float32) * np.float32(10 * clutter)
+    return img
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Where and how one object is drawn."""
+
+    label: int
+    center: tuple[float, float]
+    radius: float
+    angle: float
+    colour: tuple[float, float, float]
+
+
+def random_spec(rng: np.random.Generator, label: int, min_radius: float = 18.0,
+                max_radius: float = 80.0, size: int = SIZE) -> ShapeSpec:
+    """A random object of class ``label``: log-uniform size, anywhere it fits, any angle."""
+    r = float(np.exp(rng.uniform(np.log(min_radius), np.log(max_radius))))
+    cx, cy = (float(rng.uniform(r, size - r)) for _ in range(2))
+    colour = _hsv_colour(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
+    return ShapeSpec(label, (cx, cy), r, float(rng.uniform(0, 2 * np.pi)), tuple(float(c) for c in colour))
+
+
+def fill_pattern(label: int, center: tuple[float, float], angle: float, size: int = SIZE) -> np.ndarray:
+    """The class's fill pattern (float 0..1, size x size) in the object's own frame.
+
+    Each class has its own texture as well as its own outline: the texture is visible in
+    every 16 px patch of the object, which lets a small ViT learn the task from tens of
+    thousands of images instead of hundreds of thousands, and ties the class to the object's
+    patches, the tokens ATS should keep.
+    """
+    ramp = np.arange(size, dtype=np.float32)
+    x, y = ramp[None, :] - center[0], ramp[:, None] - center[1]
+    c, s = np.float32(math.cos(angle)), np.float32(math.sin(angle))
+    u, v = x * c + y * s, -x * s + y * c
+    tau = np.float32(2 * np.pi)
+    if label == 0:  # solid
+        return np.ones((size, size), np.float32)
+    if label == 1:  # fine stripes
+        return (np.sin(tau * u / 6) > 0).astype(np.float32)
+    if label == 2:  # small dots
+        return ((np.mod(u, 8) - 4) ** 2 + (np.mod(v, 8) - 4) ** 2 > 5).astype(np.float32)
+    if label == 3:  # checker
+        return (np.mod(np.floor(u / 7) + np.floor(v / 7), 2)).astype(np.float32)
+    if label == 4:  # wide stripes
+        return (np.sin(tau * u / 14) > 0).astype(np.float32)
+    if label == 5:  # concentric rings
+        return (np.sin(tau * np.sqrt(u * u + v * v) / 8) > 0).astype(np.float32)
+    if label == 6:  # grid lines
+        return ((np.mod(u, 9) > 2) & (np.mod(v, 9) > 2)).astype(np.float32)
+    if label == 7:  # spokes
+        return (np.sin(10 * np.arctan2(v, u)) > 0).astype(np.float32)
+    if label == 8:  # large dots
+        return ((np.mod(u, 14) - 7) ** 2 + (np.mod(v, 14) - 7) ** 2 > 16).astype(np.float32)
+    # zigzag
+    return (np.sin(tau * (u + 3 * np.abs(np.mod(v, 8) - 4)) / 9) > 0).astype(np.float32)
+
+
+def compose(bg: np.ndarray, spec: ShapeSpec) -> np.ndarray:
+    """Paint the object onto a background, with a dark rim so it stands out (uint8 RGB)."""
+    m = shape_mask(CLASSES[spec.label], spec.center, spec.radius, spec.angle, bg.shape[0])
+    rim = np.clip(cv2.GaussianBlur(m, (0, 0), 1.5) * 1.6 - m, 0, 1)
+    img = bg * (1 - rim[..., None]) + 20 * rim[..., None]
+    shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, bg.shape[0])
+    fill = np.array(spec.colour, np.float32) * shade[..., None]
+    img = img * (1 - m[..., None]) + fill * m[..., None]
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def sample(seed: int | tuple[int, ...], label: int | None = None, clutter: float = 1.0,
+           min_radius: float = 18.0) -> tuple[np.ndarray, int]:
+    """One image (224 x 224 x 3 uint8 RGB) and its label, a pure function of ``seed``."""
+    rng = np.random.default_rng(seed)
+    if label is None:
+        label = int(rng.integers(len(CLASSES)))
+    spec = random_spec(rng, label, min_radius=min_radius)
+    return compose(background(rng, clutter), spec), label
+
+
+def write_imagefolder(out: str | Path, per_class: int, seed: int) -> Path:
+    """Write ``per_class`` PNGs per class as an ImageFolder named by the model's classes."""
+    out = Path(out)
+    for ci, name in enumerate(CLASSES):
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img, _ = sample((seed, ci, i), label=ci)
+            ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            (folder / f"{name}_{i:05d}.png").write_bytes(buf.tobytes())
+    return out
+
+
+def video_frames(seed: int, frames: int = 48, size: int = SIZE) -> Iterator[np.ndarray]:
+    """A short clip: an object that moves, grows and turns, then changes into another class.
+
+    The object's size sweeps from small to large, so the tokens ATS keeps follow it.
+    """
+    rng = np.random.default_rng(seed)
+    bg = background(rng, 1.0, size)
+    first, second = (int(x) for x in rng.choice(len(CLASSES), 2, replace=False))
+    a = random_spec(rng, first, 16, 24, size)
+    b = random_spec(rng, second, 60, 75, size)
+    for f in range(frames):
+        t = f / max(frames - 1, 1)
+        r = a.radius + (b.radius - a.radius) * t
+        lo, hi = r, size - r
+        cx = float(np.clip(a.center[0] + (b.center[0] - a.center[0]) * t, lo, hi))
+        cy = float(np.clip(a.center[1] + (b.center[1] - a.center[1]) * t, lo, hi))
+        spec = replace(a if t < 0.5 else b, center=(cx, cy), radius=r, angle=a.angle + 2.0 * t)
+        frame_noise = np.random.default_rng((seed, f)).normal(0, 4, bg.shape).astype(np.float32)
+        yield compose(bg + frame_noise, spec)
+
+
+def write_video(path: str | Path, seed: int = 0, frames: int = 48, fps: float = 12.0) -> Path:
+    """Write :func:`video_frames` as an MP4 that OpenCV can read back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (SIZE, SIZE))
+    try:
+        for frame in video_frames(seed, frames):
+            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    finally:
+        writer.release()
+    return path

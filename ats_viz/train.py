@@ -1,0 +1,218 @@
+"""Training the embedded model on the synthetic shapes, reproducibly, on the CPU.
+
+Two modes, as in the paper: train the plain ViT ("plug and play": ATS added afterwards),
+then fine-tune the same weights with ATS active (gradients flow through the kept rows).
+Everything is seeded: the same command gives the same weights on the same machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from . import synthetic
+from .vit import ATSConfig, run_ats
+
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+HELDOUT_SEED = 1  # the bundled evaluation set; training draws from a disjoint seed space
+
+
+class ConvStemEmbed(PatchEmbed):
+    """Patch embedding by a small convolutional stem (stride 16) instead of one 16 x 16 conv.
+
+    A stem lets a small ViT learn shapes from far fewer images; it stays timm's PatchEmbed
+    (same grid, same interface), so the model is still a plain timm VisionTransformer.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        dim, cin = self.proj.out_channels, self.proj.in_channels
+        # Strides 4, 2, 2: cheap on the CPU (the first layer already works at 56 x 56).
+        layers: list[nn.Module] = [nn.Conv2d(cin, 32, 4, 4, bias=False), nn.BatchNorm2d(32), nn.GELU(),
+                                   nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.GELU(),
+                                   nn.Conv2d(64, dim, 2, 2)]
+        self.proj = nn.Sequential(*layers)
+
+
+@dataclass
+class ModelSpec:
+    """The embedded model's architecture, stored in its card so loading can rebuild it."""
+
+    width: int = 96
+    depth: int = 12
+    heads: int = 3
+    num_classes: int = len(synthetic.CLASSES)
+    img_size: int = synthetic.SIZE
+
+
+def build(spec: ModelSpec) -> VisionTransformer:
+    net = VisionTransformer(
+        img_size=spec.img_size, patch_size=16, num_classes=spec.num_classes,
+        embed_dim=spec.width, depth=spec.depth, num_heads=spec.heads, embed_layer=ConvStemEmbed,
+    )
+    # timm's data config reads this: the synthetic images are already 224 px, so no crop.
+    net.pretrained_cfg = dict(input_size=(3, spec.img_size, spec.img_size), crop_pct=1.0,
+                              interpolation="bilinear", mean=MEAN, std=STD)
+    return net
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 B x H x W x 3 -> normalised float B x 3 x H x W."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+@dataclass
+class Recipe:
+    steps: int = 3000
+    batch: int = 64
+    lr: float = 1.5e-3
+    warmup: int = 300
+    weight_decay: float = 0.05
+    seed: int = 0
+    ats: bool = False  # fine-tune with ATS active
+    curriculum: float = 0.4  # fraction of steps over which clutter and small objects ramp in
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Fresh synthetic batches, a pure function of (seed, step): generated in a worker."""
+
+    def __init__(self, recipe: Recipe, start: int) -> None:
+        self.recipe, self.start = recipe, start
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.set_num_threads(1)
+        r = self.recipe
+        for step in range(self.start, r.steps):
+            ramp = min(1.0, step / max(1, r.curriculum * r.steps))
+            clutter, min_r = 0.3 + 0.7 * ramp, 32 - 14 * ramp
+            items = [synthetic.sample((r.seed, step, j, 0), clutter=clutter, min_radius=min_r)
+                     for j in range(r.batch)]
+            yield to_tensor(np.stack([i for i, _ in items])), torch.tensor([l for _, l in items])
+
+
+def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = print,
+          stop_after_s: float | None = None) -> VisionTransformer:
+    """Train ``net`` in place with AdamW, warmup and cosine decay; return it in eval mode."""
+    torch.manual_seed(recipe.seed)
+    decay = [p for n, p in net.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
+    no_decay = [p for n, p in net.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+
+    def lr_at(step: int) -> float:
+        if step < recipe.warmup:
+            return recipe.lr * (step + 1) / recipe.warmup
+        t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+    loader = torch.utils.data.DataLoader(_Batches(recipe, 0), batch_size=None, num_workers=1)
+    config = ATSConfig() if recipe.ats else ATSConfig(method="full")
+    net.train()
+    t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+    for step, (x, y) in enumerate(loader):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = run_ats(net, x, config).logits if recipe.ats else net(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        seen += len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        loss_sum += float(loss.detach()) * len(y)
+        if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
+            el = time.time() - t0
+            log(f"step {step + 1}/{recipe.steps}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.3f}  "
+                f"lr {lr_at(step):.2e}  {(step + 1) * recipe.batch / el:.1f} img/s  {el / 60:.1f} min")
+            seen, correct, loss_sum = 0, 0, 0.0
+        if stop_after_s is not None and time.time() - t0 > stop_after_s:
+            log(f"stopping at step {step + 1}: time limit")
+            break
+    return net.eval()
+
+
+def heldout_batches(per_class: int, batch: int = 50) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out set (the bundled dataset's images, seed HELDOUT_SEED), in batches."""
+    items = [(ci, i) for ci in range(len(synthetic.CLASSES)) for i in range(per_class)]
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        imgs = [synthetic.sample((HELDOUT_SEED, ci, i), label=ci)[0] for ci, i in chunk]
+        yield to_tensor(np.stack(imgs)), torch.tensor([ci for ci, _ in chunk])
+
+
+@torch.no_grad()
+def heldout_metrics(net: VisionTransformer, per_class: int = 50) -> dict[str, float]:
+    """Top-1 and mean GFLOPs of the full model and of ATS at the default setting."""
+    net.eval()
+    hits = {"full": 0, "ats": 0}
+    flops = {"full": 0.0, "ats": 0.0}
+    n = 0
+    for x, y in heldout_batches(per_class):
+        for key, cfg in (("full", ATSConfig(method="full")), ("ats", ATSConfig())):
+            res = run_ats(net, x, cfg)
+            hits[key] += int((res.logits.argmax(1) == y).sum())
+            flops[key] += float(res.gflops.sum())
+        n += len(y)
+    return {
+        "images": n,
+        "top1_full": hits["full"] / n,
+        "top1_ats": hits["ats"] / n,
+        "gflops_full": flops["full"] / n,
+        "gflops_ats": flops["ats"] / n,
+        "gflops_saved": 1 - flops["ats"] / flops["full"],
+    }
+
+
+def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: str,
+                     recipe: Recipe, command: str, metrics: dict[str, float], note: str) -> Path:
+    """Weights as safetensors plus a model card (JSON for the code, markdown for people)."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
+    card = {
+        "name": stem,
+        "architecture": asdict(spec),
+        "arch_summary": f"timm VisionTransformer, conv stem (stride 16) + {spec.depth} blocks, "
+                        f"width {spec.width}, {spec.heads} heads, class token, 14 x 14 patches",
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "classes": list(synthetic.CLASSES),
+        "preprocessing": {"input_size": [3, spec.img_size, spec.img_size], "crop_pct": 1.0,
+                          "mean": list(MEAN), "std": list(STD)},
+        "training": {**asdict(recipe), "command": command},
+        "heldout": metrics,
+        "note": note,
+    }
+    (out / f"{stem}.json").write_text(json.dumps(card, indent=2))
+    md = [
+        f"# {stem}", "", note, "",
+        f"- Architecture: {card['arch_summary']} ({card['parameters']:,} parameters).",
+        f"- Classes: {', '.join(card['classes'])}.",
+        f"- Preprocessing: {spec.img_size} px RGB, no crop, mean {MEAN}, std {STD}.",
+        f"- Training: `{command}` ({recipe.steps} steps of {recipe.batch} fresh synthetic images, "
+        f"AdamW lr {recipe.lr}, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
+        f"- Held-out set ({metrics['images']} images, seed {HELDOUT_SEED}, never trained on):",
+        f"  - full model: top-1 {metrics['top1_full']:.1%}, {metrics['gflops_full']:.3f} GFLOPs",
+        f"  - ATS at blocks 3-11, K = all patches: top-1 {metrics['top1_ats']:.1%}, "
+        f"{metrics['gflops_ats']:.3f} GFLOPs on average ({metrics['gflops_saved']:.1%} saved)",
+    ]
+    (out / f"{stem}.md").write_text("\n".join(md) + "\n")
+    return out / f"{stem}.safetensors"
+
+
+def load_weights(net: VisionTransformer, path: Path) -> VisionTransformer:
+    net.load_state_dict(load_file(str(path)))
+    return net
