@@ -46,6 +46,50 @@ def _train(args: argparse.Namespace) -> None:
                          "The plain model fine-tuned with ATS active at blocks 3-11 (K = all patches).")
 
 
+def _k_value(text: str) -> int | float | None:
+    """--k: 'all', a count (98) or a fraction (0.5)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a count, a fraction or 'all'") from None
+
+
+def _video(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .models import load_model
+    from .video import DEFAULT_MAX_FRAMES, analyse_video, plan, probe, write_annotated
+    from .vit import ATSConfig, resolve
+
+    max_frames = DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames
+    info = probe(args.input)  # refuse a bad file before loading the model
+    plan(info, args.stride, max_frames)
+    model = load_model(args.model, arch=args.arch)
+    config = ATSConfig(k=args.k, method=args.method)
+    resolve(config, len(model.net.blocks), model.net.patch_embed.num_patches)
+    with tqdm(unit="frame", desc="video") as bar:
+        def show(done: int, expected: int | None) -> None:
+            bar.total = expected
+            bar.update(done - bar.n)
+
+        result = analyse_video(model, info.path, config, args.stride, max_frames, progress=show)
+    s = result.summary()
+    print(f"{s.frames} frames (stride {result.stride}, of {info.frame_count or '?'}; {info.width} x {info.height} "
+          f"{info.codec}): GFLOPs per frame mean {s.mean_gflops:.4f}, min {s.min_gflops:.4f}, max "
+          f"{s.max_gflops:.4f} (full {s.full_gflops:.4f}); {s.saved_gflops:.3f} GFLOPs saved "
+          f"({s.saved_fraction:.1%}); {s.class_changes} top-1 changes")
+    if args.csv:
+        Path(args.csv).write_text(result.to_csv())
+        print(f"wrote {args.csv}")
+    if args.out:
+        print(f"wrote {write_annotated(result, args.out)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ats_viz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +117,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", help="skip plain training and start from these weights")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("video", help="run a video through ATS frame by frame: annotated MP4 and per-frame CSV")
+    p.add_argument("input", help="an MP4, AVI, MOV, WebM or MKV file")
+    p.add_argument("--out", help="write the annotated MP4 here")
+    p.add_argument("--csv", help="write the per-frame table here")
+    p.add_argument("--model", default="embedded", help="embedded, embedded-ats, timm:NAME or a checkpoint file")
+    p.add_argument("--arch", help="the timm architecture of a checkpoint file")
+    p.add_argument("--stride", type=int, help="process every n-th frame (default: spread --max-frames over the clip)")
+    p.add_argument("--max-frames", type=int, help="process at most this many frames (default 90)")
+    p.add_argument("--k", type=_k_value, default=None, help="the sampling budget: all, a count or a fraction")
+    p.add_argument("--method", default="ats", choices=["ats", "topk", "random", "full"])
+    p.set_defaults(func=_video)
 
     args = parser.parse_args(argv)
     try:
