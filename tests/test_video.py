@@ -137,6 +137,9 @@ def test_summary_follows_the_rows(analysed):
     assert s.mean_gflops == pytest.approx(sum(g) / len(g))
     assert s.saved_gflops == pytest.approx(sum(s.full_gflops - v for v in g))
     assert s.saved_gflops > 0  # K = 98 of 196 prunes
+    fig = video.timeline_figure(analysed)
+    assert list(fig.data[0].y) == [r.final_tokens for r in analysed.rows]
+    assert list(fig.data[1].y) == pytest.approx(g)
 
 
 def test_cancel_keeps_what_is_done(model, clip):
@@ -152,6 +155,8 @@ def test_exports_read_back(analysed, tmp_path):
     back = read_all(out)
     assert len(back) == len(analysed.frames)
     assert back[0].shape[1] == 448  # the 224 px view, doubled
+    (tmp_path / "in_memory.mp4").write_bytes(video.annotated_mp4(analysed))
+    assert len(read_all(tmp_path / "in_memory.mp4")) == len(analysed.frames)
     table = list(csv.DictReader(io.StringIO(analysed.to_csv())))
     assert [int(t["frame"]) for t in table] == [r.frame for r in analysed.rows]
     blocks = [s.block for s in analysed.frames[0].result.stages]

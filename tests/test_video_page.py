@@ -1,0 +1,50 @@
+"""The Video page through Streamlit's AppTest: the sample clip, an upload, a bad upload."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ats_viz import synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def page(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
+    at = AppTest.from_file(str(ROOT / "pages" / "3_Video.py"), default_timeout=180)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def analyse(at: AppTest, frames: int) -> AppTest:
+    at.number_input(key="video_max_frames").set_value(frames).run()
+    at.button(key="video_go").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_sample_clip_is_analysed_and_explored(page):
+    at = analyse(page, 4)
+    assert at.metric[0].value == "4"
+    slider = at.select_slider(key="video_frame")
+    slider.set_value(int(slider.options[-1].split()[0])).run()  # options are labels: "54 (4.50 s)"
+    assert not at.exception
+    assert any("patch tokens after the last block" in m.value for m in at.markdown)
+    assert len(at.get("download_button")) == 2  # CSV and MP4
+
+
+def test_an_uploaded_clip_is_analysed(page, tmp_path):
+    clip = synthetic.write_video(tmp_path / "mine.mp4", seed=1, frames=6)
+    page.file_uploader(key="video_file").set_value(("mine.mp4", clip.read_bytes(), "video/mp4")).run()
+    assert not page.exception and not page.error
+    at = analyse(page, 90)
+    assert at.metric[0].value == "6"
+
+
+def test_a_broken_upload_gets_a_sentence(page):
+    page.file_uploader(key="video_file").set_value(("broken.mp4", b"not a video", "video/mp4")).run()
+    assert not page.exception
+    assert "not a video" in page.error[0].value
