@@ -46,6 +46,37 @@ def _train(args: argparse.Namespace) -> None:
                          "The plain model fine-tuned with ATS active at blocks 3-11 (K = all patches).")
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from .data import heldout_folder, load_dataset
+    from .evaluate import Progress, make_settings, parse_ladder, parse_methods, run_sweep, write_results
+    from .models import load_model
+
+    ks, methods = parse_ladder(args.k), parse_methods(args.methods)  # refuse typos before loading
+    model = load_model(args.model, arch=args.arch)
+    data = args.data or heldout_folder()
+    dataset = load_dataset(data, model.class_names, args.csv, args.subset, args.seed)
+    for note in dataset.notes():
+        print(note, file=sys.stderr)
+    settings = make_settings(ks, methods, seed=args.seed)
+    print(f"{model.name}: {len(dataset.items)} images from {data} x {len(settings)} settings", file=sys.stderr)
+    with tqdm(total=len(dataset.items) * len(settings), unit="img", desc="evaluate") as bar:
+        def show(p: Progress) -> None:
+            bar.update(p.done - bar.n)
+
+        result = run_sweep(model, dataset, settings, batch=args.batch, device=args.device,
+                           cache=None if args.no_cache else (args.cache or "default"), progress=show)
+    if result.cached:
+        print(f"from the cache: {', '.join(result.cached)}", file=sys.stderr)
+    for name, why in result.skipped:
+        print(f"skipped {name}: {why}", file=sys.stderr)
+    paths = write_results(result, args.out)
+    table = result.summary()[["setting", "images", "top1", "ci_low", "ci_high", "gflops_mean", "tokens_final_mean"]]
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
 def _k_value(text: str) -> int | float | None:
     """--k: 'all', a count (98) or a fraction (0.5)."""
     if text.strip().lower() == "all":
@@ -117,6 +148,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", help="skip plain training and start from these weights")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="sweep a dataset over K and the baselines: tables and an accuracy curve")
+    p.add_argument("--model", default="embedded", help="embedded, embedded-ats, timm:NAME or a checkpoint file")
+    p.add_argument("--arch", help="the timm architecture of a checkpoint file")
+    p.add_argument("--data", help="an ImageFolder (or, with --csv, any folder); default: the bundled held-out set")
+    p.add_argument("--csv", help="a CSV of filename,label (filenames relative to --data)")
+    p.add_argument("--k", default="196,147,98,49", help="the K ladder, comma-separated (fractions allowed)")
+    p.add_argument("--methods", default="ats,topk,random", help="comma-separated: ats, topk, random (full is always in)")
+    p.add_argument("--subset", type=int, help="evaluate this many images, chosen at random (seeded)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the subset and the random baseline")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="results")
+    p.add_argument("--cache", help="the cache folder (default: $ATS_VIZ_CACHE/sweeps or ~/.cache/ats-viz/sweeps)")
+    p.add_argument("--no-cache", action="store_true", help="compute everything and cache nothing")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("video", help="run a video through ATS frame by frame: annotated MP4 and per-frame CSV")
     p.add_argument("input", help="an MP4, AVI, MOV, WebM or MKV file")

@@ -1,0 +1,269 @@
+"""Reading and validating what people give us: images (and, below, datasets).
+
+Every refusal is an InputError with a sentence saying what was wrong and what to do.
+Decoding never runs on a header we have not checked (the decompression-bomb guard).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from .errors import InputError
+
+MAX_PIXELS = 40_000_000  # 40 megapixels: a 20000 x 20000 image (400 MP) is refused unread
+MIN_SIDE = 16  # one patch
+IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB: alpha over white, 16-bit and float scaled, CMYK converted."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(arr.round().astype(np.uint8), "L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_image(data: bytes, name: str = "the image") -> Image.Image:
+    """Decode uploaded bytes into an RGB image (a GIF's first frame), or say why not."""
+    if not data:
+        raise InputError(f"'{name}' is empty (0 bytes). Choose an image file.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise InputError(f"'{name}' is {w} x {h} pixels, more than the {MAX_PIXELS // 1_000_000} "
+                                 "megapixel limit. Downscale it first.")
+            if min(w, h) < MIN_SIDE:
+                raise InputError(f"'{name}' is only {w} x {h} pixels; the model needs at least "
+                                 f"{MIN_SIDE} x {MIN_SIDE}. Choose a larger image.")
+            img = next(ImageSequence.Iterator(img))  # a GIF or multi-page TIFF: the first frame
+            img.load()
+    except InputError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        if isinstance(err, UnidentifiedImageError):
+            raise InputError(f"'{name}' is not an image we can read. Use PNG, JPEG, WebP, BMP, TIFF or GIF.") from None
+        raise InputError(f"'{name}' declares too many pixels to decode safely. Downscale it first.") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as err:
+        raise InputError(f"'{name}' looks truncated or corrupt ({str(err)[:120]}). Try exporting it again.") from None
+    return to_rgb(img)
+
+
+# ---------------------------------------------------------------------------- datasets
+# A dataset is a folder in ImageFolder layout (one subfolder per class) or a folder plus a
+# CSV of filename,label. Labels are matched to the model's class names; what matches no
+# class is left out and counted, never fatal unless nothing matches at all.
+
+import csv  # noqa: E402 - this section is appended; its imports live with it
+import os  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterable, Sequence  # noqa: E402
+
+_SYNSET = re.compile(r"n\d{8}")
+_HEADER_FILE = {"filename", "file", "image", "path", "name"}
+_HEADER_LABEL = {"label", "class", "target", "category"}
+
+
+@dataclass(frozen=True)
+class DatasetItem:
+    """One image of a dataset: where it is, what the dataset calls it, which class that is."""
+
+    path: Path  # absolute
+    name: str  # relative to the dataset's folder, forward slashes
+    label: str  # the label as the dataset writes it
+    target: int  # index into the model's class names
+
+
+@dataclass
+class Dataset:
+    """The images to evaluate, matched to a model's classes, and what was left out."""
+
+    root: Path
+    items: list[DatasetItem]
+    class_names: list[str]
+    found: int  # images found before unmatched labels and subsetting took any out
+    unmatched: dict[str, int] = field(default_factory=dict)  # label -> images left out for it
+
+    def fingerprint(self) -> list[tuple[str, int, int]]:
+        """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
+        out = []
+        for item in self.items:
+            st = item.path.stat()
+            out.append((str(item.path), st.st_size, st.st_mtime_ns))
+        return out
+
+    def notes(self) -> list[str]:
+        """Sentences about what was left out, for a page or the command line."""
+        notes = []
+        if self.unmatched:
+            left = sum(self.unmatched.values())
+            labels = ", ".join(f"'{k}' ({v})" for k, v in sorted(self.unmatched.items())[:10])
+            more = f" and {len(self.unmatched) - 10} more" if len(self.unmatched) > 10 else ""
+            notes.append(f"{left} image(s) left out: their labels match none of the model's classes: "
+                         f"{labels}{more}.")
+        matched = self.found - sum(self.unmatched.values())
+        if len(self.items) < matched:
+            notes.append(f"Evaluating a random subset of {len(self.items)} of {matched} images.")
+        return notes
+
+
+def _few(names: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(f"'{x}'" for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def match_labels(labels: Iterable[str], class_names: Sequence[str]) -> dict[str, int]:
+    """Map each label that names a class to its index: exact, then case-insensitive, then
+    (for a 1000-class model) an ImageNet synset id such as n01440764. Others are absent."""
+    exact = {c: i for i, c in enumerate(class_names)}
+    folded: dict[str, int] = {}
+    for i, c in enumerate(class_names):
+        folded.setdefault(c.casefold(), i)
+    synsets: dict[str, int] | None = None
+    out = {}
+    for label in labels:
+        if label in exact:
+            out[label] = exact[label]
+        elif label.casefold() in folded:
+            out[label] = folded[label.casefold()]
+        elif len(class_names) == 1000 and _SYNSET.fullmatch(label):
+            if synsets is None:
+                from timm.data import ImageNetInfo
+
+                synsets = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
+            if label in synsets:
+                out[label] = synsets[label]
+    return out
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower().lstrip(".") in IMAGE_TYPES
+
+
+def _imagefolder(root: Path) -> list[tuple[Path, str]]:
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if not entries:
+        raise InputError(f"The folder '{root}' is empty. Put the images in one subfolder per class "
+                         "(ImageFolder layout), or give a CSV of filename,label.")
+    pairs = []
+    for folder in sorted(p for p in entries if p.is_dir()):
+        files = sorted(p for p in folder.rglob("*") if _is_image(p))
+        pairs += [(p, folder.name) for p in files]
+    if not pairs:
+        if any(_is_image(p) for p in entries):
+            raise InputError(f"'{root}' has images but no class subfolders. Put each class's images in a "
+                             "subfolder named after the class (ImageFolder layout), or give a CSV of "
+                             "filename,label.")
+        raise InputError(f"The folder '{root}' has no images ({', '.join(IMAGE_TYPES)}) in its subfolders.")
+    return pairs
+
+
+def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
+    if not csv_path.is_file():
+        raise InputError(f"No CSV file at '{csv_path}'.")
+    try:
+        text = csv_path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(f"'{csv_path.name}' is not a UTF-8 text file; save it as CSV (filename,label).") from None
+    rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if any(c.strip() for c in r)]
+    if rows and rows[0][1][0].strip().lower() in _HEADER_FILE and len(rows[0][1]) > 1 \
+            and rows[0][1][1].strip().lower() in _HEADER_LABEL:
+        rows = rows[1:]
+    if not rows:
+        raise InputError(f"The CSV '{csv_path.name}' has no rows; write one filename,label per line.")
+    pairs, missing, seen = [], [], set()
+    base = root.resolve()
+    for line, row in rows:
+        if len(row) < 2 or not row[0].strip() or not row[1].strip():
+            raise InputError(f"Line {line} of '{csv_path.name}' is not filename,label: {','.join(row)[:80]!r}.")
+        name, label = row[0].strip(), row[1].strip()
+        path = (base / name).resolve()
+        if name in seen:
+            continue
+        seen.add(name)
+        if not path.is_relative_to(base) or not path.is_file():
+            missing.append(name)
+        else:
+            pairs.append((path, label))
+    if missing:
+        raise InputError(f"The CSV names {len(missing)} file(s) that are not in '{root}': {_few(missing)}. "
+                         "Filenames are relative to the folder.")
+    return pairs
+
+
+def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str | Path | None = None,
+                 subset: int | None = None, seed: int = 0) -> Dataset:
+    """Find a dataset's images and match their labels to ``class_names``.
+
+    ``subset`` keeps that many images chosen at random (seeded), in their original order, so
+    a quick look at a large set is a fair sample of it.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"No folder at '{root}'. Give the folder that holds the images.")
+    pairs = _csv_pairs(root, Path(csv_path).expanduser()) if csv_path else _imagefolder(root)
+    matched = match_labels({label for _, label in pairs}, class_names)
+    unmatched: dict[str, int] = {}
+    for _, label in pairs:
+        if label not in matched:
+            unmatched[label] = unmatched.get(label, 0) + 1
+    if not matched:
+        labels = sorted(unmatched)
+        raise InputError(f"None of the labels ({_few(labels)}) match the model's classes ({_few(list(class_names))}). "
+                         "Name the class folders (or the CSV's labels) after the model's classes.")
+    base = root.resolve()
+    items = [DatasetItem(p.resolve(), p.resolve().relative_to(base).as_posix(), label, matched[label])
+             for p, label in pairs if label in matched]
+    if subset is not None:
+        if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
+            raise InputError(f"The subset size must be a whole number of at least 1 (got {subset!r}).")
+        if subset < len(items):
+            keep = sorted(random.Random(seed).sample(range(len(items)), subset))
+            items = [items[i] for i in keep]
+    return Dataset(base, items, list(class_names), len(pairs), unmatched)
+
+
+def cache_root() -> Path:
+    """Where ats-viz keeps what it can recompute: $ATS_VIZ_CACHE, else ~/.cache/ats-viz."""
+    env = os.environ.get("ATS_VIZ_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ats-viz"
+
+
+def heldout_folder(per_class: int = 50) -> Path:
+    """The bundled held-out set as an ImageFolder, written into the cache on first use.
+
+    It is written to a temporary folder and renamed, so a half-written set is never read.
+    """
+    from .synthetic import write_imagefolder
+    from .train import HELDOUT_SEED
+
+    out = cache_root() / f"heldout-{per_class}"
+    if out.is_dir():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    write_imagefolder(tmp, per_class, HELDOUT_SEED)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: its folder is the same images
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

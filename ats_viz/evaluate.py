@@ -1,0 +1,568 @@
+"""Sweeps: a dataset through a ladder of ATS budgets and the baselines, with a disk cache.
+
+Every pruning stage of every setting comes after the same unpruned first blocks, so each
+batch runs those blocks once and forks the tokens per setting (``sweep_batch``). Results are
+cached per (model weights, preprocessing, setting, image files), one JSON file each: widening
+the ladder computes only the new settings, and a changed image file or weight recomputes.
+A cache file that does not read back cleanly is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+import torch
+from torch import Tensor
+
+from .data import Dataset, cache_root, read_image
+from .errors import InputError
+from .models import LoadedModel
+from .vit import METHODS, ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
+
+CACHE_VERSION = 1
+RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
+MANIFEST = "results.json"
+Z95 = 1.959963984540054
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def parse_ladder(text: str | Sequence[int | float]) -> list[int | float]:
+    """A K ladder such as "196,147,98,49" (0.5: half the patches), in the order given, no repeats."""
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    parts = [p for p in parts if p != ""]
+    if not parts:
+        raise InputError("The K ladder is empty: give budgets such as 196,147,98,49.")
+    ks: list[int | float] = []
+    for p in parts:
+        k = _number(p)
+        if isinstance(k, float) and not 0 < k <= 1:
+            raise InputError(f"K = {p} is impossible: a fraction must be in (0, 1]; give whole numbers for counts.")
+        if isinstance(k, int) and k < 2:
+            raise InputError(f"K = {p} is impossible: ATS needs K of at least 2 tokens.")
+        if k not in ks:
+            ks.append(k)
+    return ks
+
+
+def _number(p: object) -> int | float:
+    if isinstance(p, (int, float)) and not isinstance(p, bool):
+        return p
+    try:
+        return float(p) if any(c in str(p) for c in ".eE") else int(str(p))
+    except ValueError:
+        raise InputError(f"'{p}' in the K ladder is not a number: give whole numbers such as "
+                         "196,147,98,49 (or fractions such as 0.5).") from None
+
+
+def parse_methods(text: str | Sequence[str]) -> list[str]:
+    """Methods such as "ats,topk,random"; "full" is always added as the reference point."""
+    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
+    names = [m for m in names if m]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise InputError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}.")
+    if not names:
+        raise InputError(f"Give at least one method ({', '.join(METHODS)}).")
+    return list(dict.fromkeys(names))
+
+
+def make_settings(ks: Sequence[int | float], methods: Sequence[str] = ("ats", "topk", "random"),
+                  stages: tuple[int, ...] | None = None, seed: int = 0) -> list[ATSConfig]:
+    """The full model, then every pruning method at every K of the ladder (matching budgets)."""
+    settings = [ATSConfig(method="full")]
+    for method in methods:
+        if method != "full":
+            settings += [ATSConfig(stages=stages, k=k, method=method, seed=seed) for k in ks]
+    return settings
+
+
+# ---------------------------------------------------------------------------- the sweep
+
+
+def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConfig]) -> list[ATSResult]:
+    """Run one batch under every setting, sharing the blocks before the first pruning stage."""
+    depth, patches = len(net.blocks), net.patch_embed.num_patches
+    first = min((min(p) for p in (resolve(c, depth, patches) for c in settings) if p), default=depth)
+    shared = run_blocks(net, embed(net, images), ATSConfig(method="full"), stop=first)
+    return [finish(net, run_blocks(net, fork(shared), cfg), cfg) for cfg in settings]
+
+
+@dataclass
+class SettingRun:
+    """One setting's results over a dataset's readable images, in dataset order."""
+
+    config: ATSConfig
+    names: list[str] = field(default_factory=list)
+    pred: list[int] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    gflops: list[float] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)  # patch tokens entering each block, then leaving the last
+
+    def add(self, names: list[str], res: ATSResult) -> None:
+        prob = res.logits.float().softmax(dim=1).max(dim=1)
+        self.names += names
+        self.pred += prob.indices.tolist()
+        self.confidence += prob.values.tolist()
+        self.gflops += res.gflops.tolist()
+        self.tokens += res.patch_counts.tolist()
+
+
+@dataclass
+class Progress:
+    """Where a sweep stands; ``partial`` holds the results so far (complete for cached settings)."""
+
+    done: int  # image x setting evaluations finished, cached ones included
+    total: int
+    per_setting: dict[str, tuple[int, int]]  # setting label -> (images done, images to do)
+    computed: int  # evaluations computed (not cached) so far
+    to_compute: int
+    elapsed_s: float
+    partial: SweepResult
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds left at the pace so far; None before the first batch."""
+        if self.computed == 0:
+            return None if self.to_compute else 0.0
+        return self.elapsed_s / self.computed * (self.to_compute - self.computed)
+
+
+@dataclass
+class SweepResult:
+    """A dataset through several settings: raw runs plus the tables and figures drawn from them."""
+
+    dataset: Dataset
+    model_name: str
+    model_hash: str
+    settings: list[ATSConfig]
+    runs: dict[str, SettingRun]  # by setting label
+    full_gflops: float
+    depth: int
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, why it could not be read)
+    computed: list[str] = field(default_factory=list)  # setting labels computed in this call
+    cached: list[str] = field(default_factory=list)  # setting labels read from the cache
+    seconds: float = 0.0
+
+    def per_image(self) -> pd.DataFrame:
+        """One row per image and setting: label, prediction, correctness, GFLOPs, tokens per block."""
+        items = {it.name: it for it in self.dataset.items}
+        names = self.dataset.class_names
+        frames = []
+        for cfg in self.settings:
+            run = self.runs.get(cfg.label())
+            if run is None or not run.names:
+                continue
+            target = [items[n].target for n in run.names]
+            tokens = np.asarray(run.tokens, dtype=np.int64).reshape(len(run.names), self.depth + 1)
+            frame = pd.DataFrame({
+                "image": run.names,
+                "label": [items[n].label for n in run.names],
+                "target": target,
+                "setting": cfg.label(),
+                "method": cfg.method,
+                "k": _k_of(cfg, self.depth, int(tokens[0, 0])),
+                "pred": run.pred,
+                "pred_name": [names[p] if p < len(names) else str(p) for p in run.pred],
+                "correct": np.asarray(run.pred) == np.asarray(target),
+                "confidence": run.confidence,
+                "gflops": run.gflops,
+            })
+            for b in range(self.depth):
+                frame[f"tokens_in_{b}"] = tokens[:, b]
+            frame["tokens_final"] = tokens[:, self.depth]
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame(columns=["image", "label", "target", "setting", "method", "k", "pred",
+                                         "pred_name", "correct", "confidence", "gflops", "tokens_final"])
+        out = pd.concat(frames, ignore_index=True)
+        out["k"] = out["k"].astype("Int64")
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        return summarize(self.per_image(), self.full_gflops)
+
+
+def summarize(per_image: pd.DataFrame, full_gflops: float) -> pd.DataFrame:
+    """Per setting: top-1 with its 95% Wilson interval, mean GFLOPs and mean final tokens."""
+    rows = []
+    for setting, g in per_image.groupby("setting", sort=False):
+        n, hits = len(g), int(g["correct"].sum())
+        lo, hi = wilson(hits, n)
+        rows.append({
+            "setting": setting, "method": g["method"].iloc[0], "k": g["k"].iloc[0], "images": n,
+            "correct": hits, "top1": hits / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
+            "gflops_mean": float(g["gflops"].mean()), "gflops_saved": 1 - float(g["gflops"].mean()) / full_gflops,
+            "tokens_final_mean": float(g["tokens_final"].mean()),
+        })
+    out = pd.DataFrame(rows, columns=["setting", "method", "k", "images", "correct", "top1", "ci_low",
+                                      "ci_high", "gflops_mean", "gflops_saved", "tokens_final_mean"])
+    out["k"] = out["k"].astype("Int64")
+    return out
+
+
+def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval: honest near 0% and 100% and for small n, unlike p +- z*se."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (0.0 if hits == 0 else centre - half), (1.0 if hits == n else centre + half)
+
+
+def _k_of(cfg: ATSConfig, depth: int, num_patches: int) -> int | None:
+    """The budget as one number when every stage shares it (None for full or per-stage K)."""
+    ks = set(resolve(cfg, depth, num_patches).values())
+    return ks.pop() if len(ks) == 1 else None
+
+
+_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def model_hash(net: torch.nn.Module) -> str:
+    """A digest of the weights; recomputed only when a tensor was replaced or changed in place."""
+    sd = net.state_dict()
+    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
+    hit = _HASHES.get(net)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    h = hashlib.blake2b(type(net).__name__.encode(), digest_size=16)
+    for k, v in sorted(sd.items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    _HASHES[net] = (stamp, digest)
+    return digest
+
+
+def _setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
+    plan = resolve(cfg, depth, num_patches)
+    return {"method": cfg.method, "plan": {str(b): k for b, k in sorted(plan.items())},
+            "seed": cfg.seed if cfg.method == "random" else 0}
+
+
+class _Cache:
+    """One JSON file per (model, preprocessing, setting, image files); bad files are ignored."""
+
+    def __init__(self, folder: Path | None, base: dict) -> None:
+        self.folder, self.base = folder, base
+
+    def _key(self, setting: dict) -> tuple[dict, Path | None]:
+        key = {**self.base, "setting": setting}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
+        return key, (self.folder / f"{digest}.json" if self.folder else None)
+
+    def load(self, cfg: ATSConfig, setting: dict, depth: int) -> tuple[SettingRun, list] | None:
+        key, path = self._key(setting)
+        if path is None or not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+            if doc["key"] != key:
+                return None
+            n = len(doc["names"])
+            run = SettingRun(cfg, [str(x) for x in doc["names"]], [int(x) for x in doc["pred"]],
+                             [float(x) for x in doc["confidence"]], [float(x) for x in doc["gflops"]],
+                             [[int(t) for t in row] for row in doc["tokens"]])
+            if not (len(run.pred) == len(run.confidence) == len(run.gflops) == len(run.tokens) == n) \
+                    or any(len(row) != depth + 1 for row in run.tokens):
+                return None
+            skipped = [(str(a), str(b)) for a, b in doc["skipped"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return run, skipped
+
+    def save(self, run: SettingRun, setting: dict, skipped: list[tuple[str, str]]) -> None:
+        key, path = self._key(setting)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"key": key, "names": run.names, "pred": run.pred, "confidence": run.confidence,
+               "gflops": run.gflops, "tokens": run.tokens, "skipped": [list(s) for s in skipped]}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
+
+
+def default_cache() -> Path:
+    return cache_root() / "sweeps"
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device for ``device`` ("cpu", "cuda", "cuda:1"), or a sentence saying why not."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"'{device}' is not a device: use 'cpu' or 'cuda'.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA is not available on this machine: use device 'cpu'.")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"Device '{device}' is not supported: use 'cpu' or 'cuda'.")
+    return dev
+
+
+def run_sweep(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig], batch: int = 32,
+              device: str = "cpu", cache: Path | str | None = "default",
+              progress: Callable[[Progress], None] | None = None) -> SweepResult:
+    """Evaluate every setting on every image of ``dataset``, computing only what is not cached.
+
+    cache: a folder, "default" (``default_cache()``) or None (no cache). The model is moved to
+    ``device`` for the sweep and back afterwards. Unreadable images are skipped and listed.
+    """
+    if batch < 1:
+        raise InputError(f"The batch size must be at least 1 (got {batch}).")
+    if not dataset.items:
+        raise InputError("The dataset has no images to evaluate.")
+    settings = list(settings)
+    if not settings:
+        raise InputError("Give at least one setting to evaluate.")
+    dev = check_device(device)
+    net = model.net
+    depth, patches = len(net.blocks), net.patch_embed.num_patches
+    keys = [_setting_key(cfg, depth, patches) for cfg in settings]  # refuses impossible K with a sentence
+    labels = [cfg.label() for cfg in settings]
+    if len(set(labels)) != len(labels):
+        raise InputError("Two settings share a label; give each setting a different method, K or stages.")
+    files = hashlib.sha256(json.dumps(dataset.fingerprint()).encode()).hexdigest()
+    store = _Cache(None if cache is None else (default_cache() if cache == "default" else Path(cache)),
+                   {"version": CACHE_VERSION, "model": model_hash(net), "transform": repr(model.transform),
+                    "files": files})
+    t0 = time.perf_counter()
+    n = len(dataset.items)
+    runs: dict[str, SettingRun] = {}
+    skipped: list[tuple[str, str]] = []
+    todo: list[tuple[ATSConfig, dict]] = []
+    for cfg, key in zip(settings, keys):
+        hit = store.load(cfg, key, depth)
+        if hit is None:
+            todo.append((cfg, key))
+            runs[cfg.label()] = SettingRun(cfg)
+        else:
+            runs[cfg.label()], skipped = hit
+    result = SweepResult(dataset, model.name, store.base["model"], settings, runs,
+                         _full_gflops(model), depth, skipped,
+                         computed=[c.label() for c, _ in todo],
+                         cached=[lab for lab in labels if lab not in {c.label() for c, _ in todo}])
+
+    def report(images_done: int) -> None:
+        if progress is None:
+            return
+        per = {lab: (n if lab in result.cached else images_done, n) for lab in labels}
+        result.seconds = time.perf_counter() - t0
+        progress(Progress(sum(d for d, _ in per.values()), n * len(labels), per,
+                          images_done * len(todo), n * len(todo), result.seconds, result))
+
+    report(0)
+    if todo:
+        result.skipped = []
+        original = next(net.parameters()).device
+        net.to(dev)
+        try:
+            with torch.inference_mode():
+                for start in range(0, n, batch):
+                    chunk = dataset.items[start:start + batch]
+                    names, tensors = [], []
+                    for item in chunk:
+                        try:
+                            img = read_image(item.path.read_bytes(), item.name)
+                        except (InputError, OSError) as err:
+                            result.skipped.append((item.name, str(err)))
+                            continue
+                        names.append(item.name)
+                        tensors.append(model.transform(img))
+                    if tensors:
+                        x = torch.stack(tensors).to(dev)
+                        for (cfg, _), res in zip(todo, sweep_batch(net, x, [c for c, _ in todo])):
+                            runs[cfg.label()].add(names, res)
+                    report(start + len(chunk))
+        finally:
+            net.to(original)
+        for cfg, key in todo:
+            store.save(runs[cfg.label()], key, result.skipped)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _full_gflops(model: LoadedModel) -> float:
+    from .flops import full_gflops
+
+    net = model.net
+    h, w = model.input_size
+    return full_gflops(net, net.patch_embed.num_patches + net.num_prefix_tokens, h, w)
+
+
+# ---------------------------------------------------------------------------- figures
+
+_COLOURS = {"ats": "#d62728", "topk": "#1f77b4", "random": "#7f7f7f", "full": "#2ca02c"}
+
+
+def curve_figure(summary: pd.DataFrame) -> go.Figure:
+    """Top-1 (95% CI bars) against mean GFLOPs: one line per method, the full model a star."""
+    fig = go.Figure()
+    for method, g in summary.groupby("method", sort=False):
+        g = g.sort_values("gflops_mean")
+        full = method == "full"
+        fig.add_trace(go.Scatter(
+            x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
+            marker=dict(color=_COLOURS.get(method), size=14 if full else 8, symbol="star" if full else "circle"),
+            error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["top1"]) * 100,
+                         arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1),
+            customdata=np.stack([g["k"].astype("float").fillna(-1), g["ci_low"] * 100, g["ci_high"] * 100,
+                                 g["tokens_final_mean"], g["images"]], axis=1),
+            hovertemplate=("<b>%{fullData.name}</b>" + ("" if full else " K=%{customdata[0]:.0f}")
+                           + "<br>top-1 %{y:.1f}% (95% CI %{customdata[1]:.1f} to %{customdata[2]:.1f})"
+                           "<br>%{x:.3f} GFLOPs<br>%{customdata[3]:.1f} patch tokens at the end"
+                           "<br>%{customdata[4]} images<extra></extra>"),
+        ))
+    fig.update_layout(xaxis_title="mean GFLOPs per image", yaxis_title="top-1 accuracy (%)",
+                      legend_title="method", hovermode="closest", margin=dict(t=30))
+    return fig
+
+
+def curve_png(summary: pd.DataFrame, path: Path | str) -> Path:
+    """The accuracy curve as a PNG, drawn with matplotlib (plotly's PNG export needs kaleido)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    for method, g in summary.groupby("method", sort=False):
+        g = g.sort_values("gflops_mean")
+        full = method == "full"
+        err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
+        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method, capsize=3,
+                    color=_COLOURS.get(method), marker="*" if full else "o", markersize=12 if full else 5,
+                    linestyle="none" if full else "-")
+    ax.set_xlabel("mean GFLOPs per image")
+    ax.set_ylabel("top-1 accuracy (%), 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def gflops_figure(per_image: pd.DataFrame, setting: str, full_gflops: float | None = None) -> go.Figure:
+    """How GFLOPs spread over the images under one setting: ATS spends more on busy images."""
+    g = per_image[per_image["setting"] == setting]
+    fig = go.Figure(go.Histogram(x=g["gflops"], nbinsx=40, name=setting, marker_color="#d62728",
+                                 hovertemplate="%{x} GFLOPs: %{y} images<extra></extra>"))
+    if len(g):
+        fig.add_vline(x=float(g["gflops"].mean()), line_dash="dash", annotation_text="mean")
+    if full_gflops is not None:
+        fig.add_vline(x=full_gflops, line_color="#2ca02c", annotation_text="full model")
+    fig.update_layout(xaxis_title="GFLOPs per image", yaxis_title="images", title=setting,
+                      showlegend=False, margin=dict(t=40))
+    return fig
+
+
+def tokens_figure(per_image: pd.DataFrame, settings: Sequence[str]) -> go.Figure:
+    """Patch tokens entering each block, mean with a 10th-90th percentile band, per setting."""
+    cols = sorted((c for c in per_image.columns if c.startswith("tokens_in_")), key=lambda c: int(c[10:]))
+    cols.append("tokens_final")
+    x = list(range(len(cols)))
+    fig = go.Figure()
+    for i, setting in enumerate(settings):
+        g = per_image.loc[per_image["setting"] == setting, cols].to_numpy(dtype=float)
+        if not len(g):
+            continue
+        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
+        lo, hi = np.percentile(g, 10, axis=0), np.percentile(g, 90, axis=0)
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                                 line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
+                                 showlegend=False, legendgroup=setting))
+        fig.add_trace(go.Scatter(x=x, y=g.mean(axis=0), name=setting, mode="lines+markers",
+                                 line=dict(color=colour), legendgroup=setting,
+                                 hovertemplate=f"{setting}<br>block %{{x}}: %{{y:.1f}} tokens<extra></extra>"))
+    fig.update_layout(xaxis_title=f"block (the last point: after block {len(cols) - 2})",
+                      yaxis_title="patch tokens entering (mean, 10-90% band)", margin=dict(t=30))
+    return fig
+
+
+def class_accuracy_figure(per_image: pd.DataFrame, settings: Sequence[str],
+                          class_names: Sequence[str]) -> go.Figure:
+    """Top-1 per class and setting: where pruning hurts, not just how much on average."""
+    fig = go.Figure()
+    for setting in settings:
+        g = per_image[per_image["setting"] == setting]
+        acc = g.groupby("target")["correct"].agg(["mean", "size"])
+        fig.add_trace(go.Bar(x=[class_names[t] for t in acc.index], y=acc["mean"] * 100, name=setting,
+                             customdata=acc["size"],
+                             hovertemplate="%{x}: %{y:.1f}% of %{customdata} images<extra>" + setting + "</extra>"))
+    fig.update_layout(barmode="group", xaxis_title="class", yaxis_title="top-1 accuracy (%)", margin=dict(t=30))
+    return fig
+
+
+# ---------------------------------------------------------------------------- result folders
+
+
+def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
+    """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = result.per_image()
+    summary = summarize(per_image, result.full_gflops)
+    paths = {name: out / name for name in RESULT_FILES}
+    per_image.to_csv(paths["per_image.csv"], index=False)
+    summary.to_csv(paths["summary.csv"], index=False)
+    curve_figure(summary).write_html(paths["curve.html"], include_plotlyjs=True)
+    curve_png(summary, paths["curve.png"])
+    manifest = {
+        "version": CACHE_VERSION,
+        "model": result.model_name,
+        "model_hash": result.model_hash,
+        "dataset": str(result.dataset.root),
+        "images": len(result.dataset.items),
+        "found": result.dataset.found,
+        "unmatched": result.dataset.unmatched,
+        "skipped": [list(s) for s in result.skipped],
+        "class_names": result.dataset.class_names,
+        "full_gflops": result.full_gflops,
+        "depth": result.depth,
+        "settings": [{"label": c.label(), "method": c.method, "k": c.k,
+                      "stages": None if c.stages is None else list(c.stages), "seed": c.seed}
+                     for c in result.settings],
+        "files": list(RESULT_FILES),
+    }
+    paths[MANIFEST].write_text(json.dumps(manifest, indent=2))
+    return paths
+
+
+@dataclass
+class SavedSweep:
+    """A results folder read back: the tables and the manifest."""
+
+    per_image: pd.DataFrame
+    summary: pd.DataFrame
+    manifest: dict
+
+
+def load_results(folder: Path | str) -> SavedSweep:
+    """Open a folder written by ``write_results`` (or ``python -m ats_viz evaluate``)."""
+    folder = Path(folder).expanduser()
+    missing = [n for n in ("per_image.csv", "summary.csv", MANIFEST) if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"'{folder}' is not a results folder: {', '.join(missing)} missing. "
+                         "Make one with 'python -m ats_viz evaluate --out FOLDER'.")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        per_image = pd.read_csv(folder / "per_image.csv", dtype={"k": "Int64"})
+        summary = pd.read_csv(folder / "summary.csv", dtype={"k": "Int64"})
+    except (ValueError, OSError) as err:
+        raise InputError(f"The results in '{folder}' could not be read ({str(err)[:120]}). Run the sweep again.") from None
+    return SavedSweep(per_image, summary, manifest)

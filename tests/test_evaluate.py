@@ -1,0 +1,234 @@
+"""Dataset sweeps: the numbers a user reads equal plain per-image runs, the cache is honest,
+and every bad input is refused with a sentence."""
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ats_viz import ATSConfig, InputError, run_ats
+from ats_viz.__main__ import main
+from ats_viz.data import load_dataset, match_labels, read_image
+from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, parse_ladder,
+                              parse_methods, run_sweep, sweep_batch, wilson)
+from ats_viz.models import load_model
+from ats_viz.synthetic import CLASSES, sample, write_imagefolder
+
+torch.set_grad_enabled(False)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("embedded")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return write_imagefolder(tmp_path_factory.mktemp("shapes"), per_class=2, seed=7)
+
+
+def _png(seed: int) -> bytes:
+    img, _ = sample(seed)
+    return cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+
+
+def test_sweep_equals_a_plain_loop_of_run_ats(model, folder):
+    ds = load_dataset(folder, model.class_names, subset=6)
+    settings = [ATSConfig(method="full"), ATSConfig(k=98), ATSConfig(k=0.25, method="topk"),
+                ATSConfig(k=49, method="random", seed=2)]
+    res = run_sweep(model, ds, settings, batch=4, cache=None)
+    table = res.per_image()
+    assert len(table) == len(ds.items) * len(settings)
+    for cfg in settings:
+        rows = table[table["setting"] == cfg.label()].set_index("image")
+        hits, flops = 0, []
+        for item in ds.items:
+            one = run_ats(model.net, model.prepare(read_image(item.path.read_bytes())), cfg)
+            row = rows.loc[item.name]
+            assert int(one.logits.argmax()) == row["pred"]
+            assert int(one.patch_counts[0, -1]) == row["tokens_final"]
+            hits += int(one.logits.argmax()) == item.target
+            flops.append(float(one.gflops[0]))
+        summary = res.summary().set_index("setting").loc[cfg.label()]
+        assert summary["top1"] == hits / len(ds.items)
+        assert summary["gflops_mean"] == pytest.approx(np.mean(flops), rel=1e-12)
+
+
+def test_shared_prefix_gives_what_each_setting_gives_alone(model, folder):
+    x = torch.cat([model.prepare(read_image(p.read_bytes())) for p in sorted(folder.rglob("*.png"))[:6]])
+    settings = [ATSConfig(method="full"), ATSConfig(k=60), ATSConfig(k=30, method="topk"),
+                ATSConfig(k=40, method="random", seed=5), ATSConfig(stages=(6, 9), k=20)]
+    for cfg, shared in zip(settings, sweep_batch(model.net, x, settings)):
+        alone = run_ats(model.net, x, cfg)
+        assert torch.equal(shared.logits.argmax(1), alone.logits.argmax(1))
+        assert torch.allclose(shared.logits, alone.logits, atol=1e-5)
+        assert torch.equal(shared.token_counts, alone.token_counts)
+        assert torch.equal(shared.gflops, alone.gflops)
+        for a, b in zip(shared.stages, alone.stages):
+            assert a.block == b.block and torch.equal(a.kept_mask, b.kept_mask)
+
+
+def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
+    data = write_imagefolder(tmp_path / "data", per_class=1, seed=3)
+    cache = tmp_path / "cache"
+    ds = load_dataset(data, model.class_names)
+    settings = make_settings([98], ["ats", "topk"])
+    first = run_sweep(model, ds, settings, batch=4, cache=cache)
+    assert first.computed == [c.label() for c in settings]
+
+    seen = []
+    again = run_sweep(model, ds, settings, batch=4, cache=cache, progress=seen.append)
+    assert again.computed == [] and again.cached == first.computed
+    assert all(p.computed == 0 for p in seen) and seen[-1].done == seen[-1].total
+    assert again.per_image().equals(first.per_image())
+
+    wider = make_settings([98, 49], ["ats", "topk"])
+    grown = run_sweep(model, ds, wider, batch=4, cache=cache)
+    assert grown.computed == ["ats K=49", "topk K=49"]
+
+    # A cache file that does not read back is recomputed, not trusted.
+    for f in cache.glob("*.json"):
+        f.write_text(f.read_text()[:50])
+        break
+    assert len(run_sweep(model, ds, wider, batch=4, cache=cache).computed) == 1
+
+    # Rewriting one image (new bytes, new mtime) invalidates every setting on this image set.
+    victim = ds.items[3].path
+    victim.write_bytes(_png(99))
+    os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
+    changed = run_sweep(model, load_dataset(data, model.class_names), wider, batch=4, cache=cache)
+    assert changed.computed == [c.label() for c in wider]
+
+
+def test_progress_counts_images_and_settings(model, folder):
+    ds = load_dataset(folder, model.class_names, subset=8, seed=1)
+    seen, rows = [], []
+
+    def watch(p):
+        seen.append(p)
+        rows.append(len(p.partial.per_image()))  # partial results, read as they arrive
+
+    res = run_sweep(model, ds, make_settings([49], ["ats"]), batch=3, cache=None, progress=watch)
+    assert [p.per_setting["ats K=49"][0] for p in seen] == [0, 3, 6, 8]
+    assert rows == [0, 6, 12, 16]
+    assert seen[-1].done == seen[-1].total == 16 and seen[-1].eta_s == 0
+    assert seen[1].eta_s is not None and seen[1].eta_s > 0
+    assert len(res.per_image()) == 16
+
+
+def test_unmatched_labels_and_unreadable_images_are_left_out_and_listed(model, tmp_path):
+    data = write_imagefolder(tmp_path / "data", per_class=1, seed=4)
+    (data / "dog").mkdir()
+    (data / "dog" / "a.png").write_bytes(_png(1))
+    (data / "dog" / "b.png").write_bytes(_png(2))
+    (data / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    ds = load_dataset(data, model.class_names)
+    assert ds.unmatched == {"dog": 2}
+    assert "2 image(s) left out" in ds.notes()[0] and "'dog' (2)" in ds.notes()[0]
+    res = run_sweep(model, ds, make_settings([98], ["ats"]), cache=None)
+    assert [name for name, _ in res.skipped] == ["circle/broken.png"]
+    assert "broken.png" in res.skipped[0][1]
+    assert set(res.per_image()["image"]) == {it.name for it in ds.items} - {"circle/broken.png"}
+
+
+def test_csv_labels_case_insensitive_with_header(model, folder, tmp_path):
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))[:4]
+    csv = tmp_path / "labels.csv"
+    csv.write_text("filename,label\n" + "".join(f"{f},{f.split('/')[0].upper()}\n" for f in files))
+    ds = load_dataset(folder, model.class_names, csv)
+    assert [it.name for it in ds.items] == files
+    assert [it.target for it in ds.items] == [CLASSES.index(f.split("/")[0]) for f in files]
+
+
+def test_imagenet_synset_ids_map_to_imagenet_indices():
+    from timm.data import ImageNetInfo
+
+    names = ImageNetInfo().label_descriptions()
+    assert match_labels(["n01440764", "n99999999", "cat"], names) == {"n01440764": 0}
+
+
+def test_subset_is_seeded(model, folder):
+    a = load_dataset(folder, model.class_names, subset=5, seed=3)
+    b = load_dataset(folder, model.class_names, subset=5, seed=3)
+    c = load_dataset(folder, model.class_names, subset=5, seed=4)
+    assert a.items == b.items and len(a.items) == 5 and a.items != c.items
+    assert a.notes() == ["Evaluating a random subset of 5 of 20 images."]
+
+
+def test_cli_writes_what_it_promises(folder, tmp_path, capsys):
+    out = tmp_path / "results"
+    code = main(["evaluate", "--data", str(folder), "--k", "98,49", "--methods", "ats,random", "--subset", "6",
+                 "--batch", "4", "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    saved = load_results(out)
+    assert list(saved.summary["setting"]) == ["full", "ats K=98", "ats K=49", "random K=98", "random K=49"]
+    assert len(saved.per_image) == 6 * 5
+    assert saved.manifest["model"] == "embedded" and saved.manifest["images"] == 6
+    assert (out / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "ats K=49" in capsys.readouterr().out
+
+
+def test_cli_refuses_with_a_sentence(folder, tmp_path, capsys):
+    assert main(["evaluate", "--data", str(folder), "--k", "98,1", "--out", str(tmp_path)]) == 2
+    assert "K = 1 is impossible" in capsys.readouterr().err
+
+
+def _refusal(fn, *args, **kwargs) -> str:
+    with pytest.raises(InputError) as err:
+        fn(*args, **kwargs)
+    return str(err.value)
+
+
+def test_bad_datasets_are_refused_with_a_sentence(model, folder, tmp_path):
+    names = model.class_names
+    assert "No folder at" in _refusal(load_dataset, tmp_path / "nowhere", names)
+    (tmp_path / "empty").mkdir()
+    assert "is empty" in _refusal(load_dataset, tmp_path / "empty", names)
+    (tmp_path / "text" / "circle").mkdir(parents=True)
+    (tmp_path / "text" / "circle" / "notes.txt").write_text("hi")
+    assert "has no images" in _refusal(load_dataset, tmp_path / "text", names)
+    (tmp_path / "flat").mkdir()
+    (tmp_path / "flat" / "a.png").write_bytes(_png(1))
+    assert "no class subfolders" in _refusal(load_dataset, tmp_path / "flat", names)
+    (tmp_path / "pets" / "dog").mkdir(parents=True)
+    (tmp_path / "pets" / "dog" / "a.png").write_bytes(_png(1))
+    msg = _refusal(load_dataset, tmp_path / "pets", names)
+    assert "None of the labels ('dog') match the model's classes ('circle'" in msg
+    csv = tmp_path / "labels.csv"
+    csv.write_text("circle/circle_00000.png,circle\ncircle/gone.png,circle\n../escape.png,circle\n")
+    msg = _refusal(load_dataset, folder, names, csv)
+    assert "The CSV names 2 file(s) that are not in" in msg and "'circle/gone.png'" in msg
+    csv.write_text("only-one-column\n")
+    assert "Line 1 of 'labels.csv' is not filename,label" in _refusal(load_dataset, folder, names, csv)
+    csv.write_text("filename,label\n")
+    assert "has no rows" in _refusal(load_dataset, folder, names, csv)
+    assert "subset size must be a whole number of at least 1" in _refusal(load_dataset, folder, names, subset=0)
+
+
+@pytest.mark.parametrize("ladder, sentence", [
+    ("", "The K ladder is empty"),
+    ("196,1", "K = 1 is impossible: ATS needs K of at least 2"),
+    ("0", "K = 0 is impossible"),
+    ("98,abc", "'abc' in the K ladder is not a number"),
+    ("1.5", "K = 1.5 is impossible: a fraction must be in (0, 1]"),
+])
+def test_impossible_ladders_are_refused(ladder, sentence):
+    assert sentence in _refusal(parse_ladder, ladder)
+
+
+def test_ladder_methods_and_device_parsing():
+    assert parse_ladder("196, 98,98,0.5") == [196, 98, 0.5]
+    assert parse_methods("ATS,topk") == ["ats", "topk"]
+    assert "Unknown method(s) tome" in _refusal(parse_methods, "ats,tome")
+    if not torch.cuda.is_available():
+        assert "CUDA is not available" in _refusal(check_device, "cuda")
+
+
+def test_wilson_interval():
+    lo, hi = wilson(5, 10)
+    assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
+    assert wilson(0, 10)[0] == 0 and round(wilson(0, 10)[1], 4) == 0.2775
+    assert wilson(10, 10)[1] == 1
