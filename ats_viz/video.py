@@ -46,9 +46,9 @@ SEEK_STRIDE = 150
 BATCH = 8
 _FALLBACK_FPS = 25.0  # what FFmpeg assumes when a file declares no rate
 _SIGNATURES = {  # container magic: recognised containers that fail to open have a codec problem
-    "MP4/MOV": lambda h: h[4:8] == b"ftyp",
-    "AVI": lambda h: h[:4] == b"RIFF" and h[8:12] == b"AVI ",
-    "WebM/MKV": lambda h: h[:4] == b"\x1a\x45\xdf\xa3",
+    "an MP4/MOV file": lambda h: h[4:8] == b"ftyp",
+    "an AVI file": lambda h: h[:4] == b"RIFF" and h[8:12] == b"AVI ",
+    "a WebM/MKV file": lambda h: h[:4] == b"\x1a\x45\xdf\xa3",
 }
 _IMAGES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM")
 
@@ -191,7 +191,7 @@ def probe(path: str | Path) -> VideoInfo:
             if kind is None:
                 raise InputError(f"'{name}' is not a video that can be read. Choose a {kinds} file.")
             raise InputError(
-                f"'{name}' is a {kind} file, but its video cannot be decoded: its codec is not supported "
+                f"'{name}' is {kind}, but its video cannot be decoded: its codec is not supported "
                 "here, or the file is damaged. Re-encode it to H.264 MP4 (for example "
                 f"ffmpeg -i '{name}' -c:v libx264 -pix_fmt yuv420p out.mp4) and try again.")
         codec = _fourcc(cap)

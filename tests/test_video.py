@@ -199,9 +199,9 @@ def _truncated(p):
     (_empty, "clip.mp4", "empty \\(0 bytes\\)"),
     (_text, "clip.mp4", "not a video"),
     (_image, "clip.mp4", "is an image, not a video"),
-    (_unknown_codec, "clip.avi", "AVI file, but its video cannot be decoded: its codec"),
+    (_unknown_codec, "clip.avi", "is an AVI file, but its video cannot be decoded: its codec"),
     (_no_frames, "clip.avi", "no frame that can be decoded"),
-    (_truncated, "clip.mp4", "MP4/MOV file, but its video cannot be decoded"),
+    (_truncated, "clip.mp4", "is an MP4/MOV file, but its video cannot be decoded"),
 ])
 def test_bad_files_are_refused_with_a_sentence(tmp_path, make, name, sentence):
     path = tmp_path / name
