@@ -82,6 +82,26 @@ class ATSResult:
         """B x (depth + 1): patch tokens entering each block, then leaving the last."""
         return self.token_counts - self.num_prefix
 
+    def summary(self, index: int = 0) -> dict:
+        """Image ``index`` as plain data (JSON-ready): costs, counts and every stage's choice."""
+        return {
+            "gflops": float(self.gflops[index]),
+            "full_gflops": self.full_gflops,
+            "grid": list(self.grid),
+            "patch_tokens_per_block": self.patch_counts[index].tolist(),
+            "stages": [
+                {
+                    "block": s.block,
+                    "k": s.k,
+                    "tokens_in": int(s.present_mask[index].sum()),
+                    "tokens_out": int(s.kept_mask[index].sum()),
+                    "kept": torch.nonzero(s.kept_mask[index]).flatten().tolist(),
+                    "scores": [round(float(v), 6) for v in s.scores[index]],
+                }
+                for s in self.stages
+            ],
+        }
+
 
 # ---------------------------------------------------------------------------- checks
 

@@ -1,0 +1,18 @@
+"""ats-viz, the Streamlit entry point: `streamlit run app.py`. It only routes to the pages."""
+
+from pathlib import Path
+
+import streamlit as st
+
+st.set_page_config(page_title="ats-viz: Adaptive Token Sampling", page_icon="🔎", layout="wide")
+PAGES = [
+    ("pages/0_Home.py", "Home", "🏠"),
+    ("pages/1_Image.py", "Image", "🖼️"),
+    ("pages/2_Compare.py", "Compare", "⚖️"),
+    ("pages/3_Video.py", "Video", "🎞️"),
+    ("pages/4_Dataset.py", "Dataset", "📈"),
+]
+here = Path(__file__).parent
+nav = st.navigation([st.Page(p, title=t, icon=i, default=(t == "Home"))
+                     for p, t, i in PAGES if (here / p).exists()])
+nav.run()

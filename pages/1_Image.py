@@ -1,0 +1,59 @@
+"""Image: the tokens ATS keeps at every stage of one image, their scores and what it costs."""
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from ats_viz import ATSConfig, viz
+
+settings = ui.sidebar()
+st.title("Sampled tokens of one image")
+loaded = ui.model_or_error(settings) if settings else None
+chosen = ui.image_input("image")
+if loaded is None or chosen is None:
+    st.stop()
+
+name, data = chosen
+prepared = ui.prepare(loaded, name, data)
+if prepared is None:
+    st.stop()
+x, seen = prepared
+with st.spinner("Running the model..."):
+    res = ui.run(loaded, x, settings.config)
+    full = ui.run(loaded, x, ATSConfig(method="full"))
+
+total = res.grid[0] * res.grid[1]
+final = int(res.patch_counts[0, -1])
+gf, full_gf = float(res.gflops[0]), res.full_gflops
+top_ats, top_full = viz.topk(res.logits[0], loaded.class_names), viz.topk(full.logits[0], loaded.class_names)
+agree = top_ats[0][0] == top_full[0][0]
+
+left, right = st.columns([1, 3])
+left.image(seen, caption=f"{name}, as the model sees it ({seen.shape[1]} x {seen.shape[0]})",
+           width="stretch")
+with right:
+    m = st.columns(4)
+    m[0].metric("Tokens kept", f"{final} / {total}")
+    m[1].metric("GFLOPs", f"{gf:.3f}", f"{gf - full_gf:+.3f} vs full", delta_color="inverse")
+    m[2].metric("Saved", f"{1 - gf / full_gf:.1%}", help=f"Full model: {full_gf:.3f} GFLOPs")
+    m[3].metric("Top-1", top_ats[0][0], "same as full" if agree else f"full says {top_full[0][0]}",
+                delta_color="normal" if agree else "inverse")
+    st.plotly_chart(viz.tokens_figure({settings.config.label(): res.patch_counts[0].tolist(),
+                                       "full": full.patch_counts[0].tolist()}), width="stretch")
+
+st.subheader("Tokens kept at each stage")
+ui.show_stages(seen, res)
+
+st.subheader("Predictions")
+p1, p2 = st.columns(2)
+p1.markdown(f"**With {settings.config.label()}**")
+p1.dataframe(pd.DataFrame(top_ats, columns=["class", "probability"]), hide_index=True, width="stretch")
+p2.markdown("**Full model**")
+p2.dataframe(pd.DataFrame(top_full, columns=["class", "probability"]), hide_index=True, width="stretch")
+st.write(("✅ Top-1 agrees with the full model." if agree else "⚠️ Top-1 differs from the full model."))
+
+d1, d2 = st.columns(2)
+d1.download_button("Stage overlays (PNG)", viz.stage_figure_png(seen, res), file_name="ats-stages.png",
+                   mime="image/png", disabled=not res.stages)
+d2.download_button("Trace (JSON)", ui.trace_json(res, full, loaded, settings, name), file_name="ats-trace.json",
+                   mime="application/json")

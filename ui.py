@@ -1,0 +1,222 @@
+"""What every page shares: the sidebar settings, cached model and runs, the image input and
+the stage views. Streamlit lives here and in the pages; the library (ats_viz/) never sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+import torch
+
+from ats_viz import ATSConfig, InputError, run_ats
+from ats_viz.data import IMAGE_TYPES, read_image
+from ats_viz.models import EMBEDDED, LoadedModel, load_model
+from ats_viz.vit import ATSResult, METHODS, resolve
+from ats_viz import viz
+
+SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
+SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (fine-tuned with ATS)",
+           "timm": "timm pretrained model", "file": "Checkpoint file"}
+METHOD_NAMES = {"ats": "ATS", "topk": "top-K", "random": "random", "full": "full (no pruning)"}
+# Settings: session-state key -> (URL query key, default). Non-widget keys hold the values so
+# they survive page switches (Streamlit forgets a widget's state on pages that do not draw it).
+DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
+            "method": "ats", "stages": "", "k": "all"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str  # a load_model spec
+    arch: str | None
+    config: ATSConfig
+    stages_text: str
+    k_text: str
+
+    def model_label(self) -> str:
+        return SOURCES.get(self.model, self.model)
+
+
+def parse_stages(text: str) -> tuple[int, ...] | None:
+    """'' -> the paper's default; '3-11' or '3, 5, 7' -> block indices."""
+    text = text.strip()
+    if not text or text.lower() == "default":
+        return None
+    out: list[int] = []
+    try:
+        for part in text.replace(" ", "").split(","):
+            if "-" in part[1:]:
+                a, b = part.split("-", 1)
+                out += range(int(a), int(b) + 1)
+            elif part:
+                out.append(int(part))
+    except ValueError:
+        raise InputError(f"Stages '{text}' are not block numbers: write them like 3-11 or 3, 6, 9.") from None
+    return tuple(out)
+
+
+def parse_k(text: str) -> int | float | tuple | None:
+    """'all' -> None; '98' -> 98; '0.5' -> half the patches; '120, 100, 80' -> one per stage."""
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return None
+
+    def one(s: str) -> int | float:
+        try:
+            return int(s)
+        except ValueError:
+            try:
+                return float(s)
+            except ValueError:
+                raise InputError(f"K '{s}' is not a number: write a count (98), a fraction (0.5) or 'all'.") from None
+
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    return one(parts[0]) if len(parts) == 1 else tuple(one(p) for p in parts)
+
+
+def _init_state() -> None:
+    for key, default in DEFAULTS.items():
+        if key not in st.session_state:
+            st.session_state[key] = st.query_params.get(key, default)
+    if st.session_state.source not in SOURCES:
+        st.session_state.source = "embedded"
+    if st.session_state.method not in METHODS:
+        st.session_state.method = "ats"
+
+
+def _bind(key: str) -> dict:
+    """Widget kwargs that mirror a widget into its persistent session-state key."""
+    st.session_state[f"w_{key}"] = st.session_state[key]
+    return {"key": f"w_{key}", "on_change": lambda: st.session_state.update({key: st.session_state[f"w_{key}"]})}
+
+
+def sidebar() -> Settings | None:
+    """Draw the shared settings; None (with the reason shown) if they are impossible."""
+    _init_state()
+    with st.sidebar:
+        st.header("Model")
+        st.selectbox("Model", list(SOURCES), format_func=SOURCES.get, **_bind("source"))
+        arch = None
+        if st.session_state.source == "timm":
+            st.text_input("timm model name", help="Needs the weights: a network or a Hugging Face cache.",
+                          **_bind("timm_name"))
+            model = f"timm:{st.session_state.timm_name.strip()}"
+        elif st.session_state.source == "file":
+            st.text_input("Checkpoint path (.safetensors, .pth)", **_bind("ckpt"))
+            st.text_input("timm architecture", placeholder="deit_small_patch16_224", **_bind("arch"))
+            model, arch = st.session_state.ckpt, st.session_state.arch.strip() or None
+        else:
+            model = st.session_state.source
+        st.header("ATS")
+        st.selectbox("Method", list(METHODS), format_func=METHOD_NAMES.get, **_bind("method"))
+        st.text_input("Stages (blocks)", placeholder="paper default: depth/4 to last",
+                      help="Block indices that prune, from 0: '3-11' or '3, 6, 9'.", **_bind("stages"))
+        st.text_input("K (sampling budget)", help="'all' (every patch of the input), a count (98), "
+                      "a fraction (0.5) or one value per stage (120, 100, 80, ...).", **_bind("k"))
+        st.caption("GFLOPs count the blocks, patch embedding and head; ATS scoring and sampling "
+                   "(O(N log N)) are left out, as in the paper.")
+    st.query_params.update({k: str(st.session_state[k]) for k in DEFAULTS if st.session_state[k] != DEFAULTS[k]})
+    for k in DEFAULTS:
+        if st.session_state[k] == DEFAULTS[k] and k in st.query_params:
+            del st.query_params[k]
+    try:
+        config = ATSConfig(stages=parse_stages(st.session_state.stages), k=parse_k(st.session_state.k),
+                           method=st.session_state.method)
+    except InputError as err:
+        st.error(str(err))
+        return None
+    return Settings(model, arch, config, st.session_state.stages, st.session_state.k)
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def get_model(spec: str, arch: str | None) -> LoadedModel:
+    """Loaded once per (spec, arch) for the whole server: widgets never reload it."""
+    return load_model(spec, arch)
+
+
+def model_or_error(settings: Settings) -> LoadedModel | None:
+    try:
+        loaded = get_model(settings.model, settings.arch)
+        resolve(settings.config, len(loaded.net.blocks), loaded.net.patch_embed.num_patches)
+        return loaded
+    except InputError as err:
+        st.error(str(err))
+        return None
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_cached(_loaded: LoadedModel, model_key: str, image_key: str, _x: torch.Tensor,
+               config: ATSConfig) -> ATSResult:
+    """One image under one setting; keyed by model, image digest and setting."""
+    with torch.no_grad():
+        return run_ats(_loaded.net, _x, config)
+
+
+def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
+    digest = hashlib.sha1(x.numpy().tobytes()).hexdigest()
+    return run_cached(loaded, loaded.name, digest, x, config)
+
+
+def image_input(key: str) -> tuple[str, bytes] | None:
+    """An uploaded image or a bundled sample: (name, bytes), or None with nothing chosen."""
+    samples = sorted(SAMPLES.glob("*.png"))
+    left, right = st.columns([3, 2])
+    upload = left.file_uploader("Upload an image", type=list(IMAGE_TYPES), key=f"{key}_upload")
+    choice = right.selectbox("...or pick a sample", [p.name for p in samples], key=f"{key}_sample",
+                             disabled=upload is not None)
+    if upload is not None:
+        return upload.name, upload.getvalue()
+    if choice:
+        return choice, (SAMPLES / choice).read_bytes()
+    return None
+
+
+def prepare(loaded: LoadedModel, name: str, data: bytes) -> tuple[torch.Tensor, np.ndarray] | None:
+    """Decode and preprocess; a bad file gets its sentence and None."""
+    try:
+        img = read_image(data, name)
+    except InputError as err:
+        st.error(str(err))
+        return None
+    x = loaded.prepare(img)
+    return x, loaded.to_uint8(x[0])
+
+
+def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "stages") -> None:
+    """The stage overlays, then one stage's score heatmap and sampling picture."""
+    if not res.stages:
+        st.info("No ATS stage with these settings: every block keeps every token.")
+        return
+    panels = viz.stage_overlays(image, res, index)
+    per_row = 5
+    for start in range(0, len(panels), per_row):
+        cols = st.columns(per_row)
+        for col, (title, img) in zip(cols, panels[start:start + per_row]):
+            col.image(img, caption=title, width="stretch")
+    blocks = [s.block for s in res.stages]
+    block = st.select_slider("Stage to inspect", options=blocks, value=blocks[-1], key=f"{key}_block",
+                             format_func=lambda b: f"block {b}")
+    stage = res.stages[blocks.index(block)]
+    left, right = st.columns(2)
+    left.plotly_chart(viz.score_heatmap(stage, res.grid, index), width="stretch", key=f"{key}_heat")
+    if res.config.method == "ats":
+        right.plotly_chart(viz.sampling_figure(stage, index), width="stretch", key=f"{key}_cdf")
+    else:
+        right.caption(f"{METHOD_NAMES[res.config.method]} keeps a fixed K; the sampling picture is for ATS.")
+
+
+def trace_json(res: ATSResult, full: ATSResult, loaded: LoadedModel, settings: Settings, name: str) -> str:
+    payload = {
+        "image": name,
+        "model": settings.model,
+        "settings": {"method": settings.config.method, "stages": settings.stages_text or "default",
+                     "k": settings.k_text},
+        **res.summary(0),
+        "top5_ats": viz.topk(res.logits[0], loaded.class_names),
+        "top5_full": viz.topk(full.logits[0], loaded.class_names),
+    }
+    return json.dumps(payload, indent=2)
