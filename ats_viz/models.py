@@ -133,15 +133,20 @@ def _load_file(path: Path, arch: str | None) -> LoadedModel:
     sd = read_state_dict(path)
     head = sd.get("head.weight")
     net = timm.create_model(arch, pretrained=False, num_classes=head.shape[0] if head is not None else 1000)
-    missing, unexpected = net.load_state_dict(sd, strict=False)
-    shapes = [k for k, v in net.state_dict().items() if k in sd and sd[k].shape != v.shape]
+    own = net.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or shapes:
         def few(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+            return ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
 
         parts = [f"missing keys: {few(missing)}" if missing else "",
-                 f"unexpected keys: {few(unexpected)}" if unexpected else ""]
-        raise InputError(f"'{path.name}' does not fit {arch}: " + "; ".join(p for p in parts if p) + ".")
+                 f"unexpected keys: {few(unexpected)}" if unexpected else "",
+                 f"other shapes: {few(shapes)}" if shapes else ""]
+        raise InputError(f"'{path.name}' does not fit {arch}: " + "; ".join(p for p in parts if p)
+                         + ". Is it a checkpoint of another architecture?")
+    net.load_state_dict(sd)
     return _finish(net, f"{path.name} ({arch})")
 
 

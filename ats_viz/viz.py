@@ -122,3 +122,22 @@ def topk(logits: torch.Tensor, class_names: Sequence[str], k: int = 5) -> list[t
     probs = logits.float().softmax(-1)
     p, i = probs.topk(min(k, probs.numel()))
     return [(class_names[j], float(q)) for j, q in zip(i.tolist(), p.tolist())]
+
+
+def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: Sequence[float],
+                   full_gflops: float, x_title: str = "setting") -> go.Figure:
+    """GFLOPs (bars, left axis) and top-1 confidence (line, right axis) per setting."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=list(labels), y=list(gflops), name="GFLOPs", marker_color="rgb(230,149,0)",
+                         hovertemplate="%{x}<br>%{y:.3f} GFLOPs<extra></extra>"))
+    fig.add_trace(go.Scatter(x=list(labels), y=list(confidence), name="top-1 confidence", yaxis="y2",
+                             mode="lines+markers", line=dict(color="rgb(40,90,200)"),
+                             hovertemplate="%{x}<br>top-1 confidence %{y:.1%}<extra></extra>"))
+    fig.add_hline(y=full_gflops, line_dash="dot", annotation_text="full model", line_color="gray")
+    fig.update_layout(
+        title="GFLOPs and top-1 confidence", height=340, xaxis_title=x_title,
+        yaxis=dict(title="GFLOPs", rangemode="tozero"),
+        yaxis2=dict(title="confidence", overlaying="y", side="right", range=[0, 1], tickformat=".0%"),
+        legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
+    )
+    return fig

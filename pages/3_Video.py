@@ -11,7 +11,6 @@ import ui
 from ats_viz import InputError, synthetic
 from ats_viz import video as vid
 
-st.set_page_config(page_title="Video - ats-viz", page_icon="🎞️", layout="wide")
 settings = ui.sidebar()
 st.title("Tokens over a video")
 st.caption("Each analysed frame runs through the model exactly like an image on the Image page. "

@@ -1,0 +1,98 @@
+"""Loading: the shipped model, timm's pretrained path offline, checkpoint files good and bad."""
+
+import pickle
+from pathlib import Path
+
+import huggingface_hub.constants as hf
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from ats_viz import InputError, synthetic
+from ats_viz.models import load_model
+
+
+def test_embedded_loads_offline_with_its_classes_and_preprocessing():
+    m = load_model("embedded")
+    assert not m.net.training
+    assert m.class_names == list(synthetic.CLASSES)
+    img = Image.fromarray(synthetic.sample(0)[0])
+    x = m.prepare(img)
+    assert x.shape == (1, 3, 224, 224)
+    # no crop: the picture the model sees is the picture given
+    assert abs(m.to_uint8(x[0]).astype(int) - (synthetic.sample(0)[0]).astype(int)).max() <= 1
+    assert m.card["heldout"]["images"] > 0
+    tuned = load_model("embedded-ats")
+    assert tuned.class_names == m.class_names
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    net = timm.create_model("deit_tiny_patch16_224")
+    d = tmp_path_factory.mktemp("ckpt")
+    save_file(net.state_dict(), str(d / "tiny.safetensors"))
+    torch.save(net.state_dict(), d / "tiny.pth")
+    return net.state_dict(), d
+
+
+def test_timm_pretrained_path_with_a_local_file(tiny_weights):
+    sd, d = tiny_weights
+    m = load_model("timm:deit_tiny_patch16_224", pretrained_file=str(d / "tiny.safetensors"))
+    assert torch.equal(m.net.state_dict()["head.weight"], sd["head.weight"])
+    assert len(m.class_names) == 1000 and m.class_names[0] != "class 0"  # ImageNet names
+    assert m.prepare(Image.new("RGB", (300, 200))).shape == (1, 3, 224, 224)
+
+
+def test_timm_without_network_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(InputError, match="Could not get the pretrained weights of 'deit_tiny_patch16_224'"):
+        load_model("timm:deit_tiny_patch16_224")
+    with pytest.raises(InputError, match="timm has no model named 'no_such_vit'"):
+        load_model("timm:no_such_vit")
+
+
+@pytest.mark.parametrize("name", ["tiny.safetensors", "tiny.pth"])
+def test_checkpoint_files_load_for_their_architecture(tiny_weights, name):
+    sd, d = tiny_weights
+    m = load_model(str(d / name), arch="deit_tiny_patch16_224")
+    assert torch.equal(m.net.state_dict()["pos_embed"], sd["pos_embed"])
+
+
+def test_bad_checkpoint_files(tiny_weights, tmp_path):
+    sd, d = tiny_weights
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    with pytest.raises(InputError, match="is empty"):
+        load_model(str(tmp_path / "empty.safetensors"), arch="deit_tiny_patch16_224")
+    data = (d / "tiny.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(InputError, match="could not be read"):
+        load_model(str(tmp_path / "cut.safetensors"), arch="deit_tiny_patch16_224")
+    with pytest.raises(InputError, match="does not fit deit_small_patch16_224"):
+        load_model(str(d / "tiny.safetensors"), arch="deit_small_patch16_224")
+    with pytest.raises(InputError, match="No checkpoint file"):
+        load_model(str(tmp_path / "nowhere.pth"), arch="deit_tiny_patch16_224")
+    with pytest.raises(InputError, match="Say which timm architecture"):
+        load_model(str(d / "tiny.pth"))
+
+
+class _Payload:
+    """Unpickling this would write a file: the proof that code ran."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.target), "pwned"))
+
+
+def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
+    target = tmp_path / "ran.txt"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"head.weight": _Payload(str(target))}))
+    with pytest.raises(InputError, match="refused"):
+        load_model(str(evil), arch="deit_tiny_patch16_224")
+    assert not target.exists()

@@ -1,0 +1,170 @@
+"""Home, Image and Compare pages through Streamlit's AppTest: what a person reads on them."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz.data import read_image
+from ats_viz.models import load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
+    img = Image.fromarray(arr)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("embedded")
+
+
+def expected(model, data: bytes, cfg: ATSConfig):
+    with torch.no_grad():
+        return run_ats(model.net, model.prepare(read_image(data)), cfg)
+
+
+def open_page(monkeypatch, name: str) -> AppTest:
+    monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
+    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=180)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
+    at.file_uploader(key=key).set_value((name, data, "application/octet-stream")).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_home_says_what_ats_is_and_links_the_pages(monkeypatch):
+    at = open_page(monkeypatch, "0_Home.py")
+    text = " ".join(m.value for m in at.markdown)
+    assert "inverse transform sampling" in text and "class token" in text
+    card = load_model("embedded").card["heldout"]
+    assert f"{card['top1_full']:.1%}" in text
+
+
+def test_image_page_shows_the_sample_numbers(monkeypatch, model):
+    at = open_page(monkeypatch, "1_Image.py")
+    name = at.selectbox(key="image_sample").value
+    res = expected(model, (ROOT / "assets" / "samples" / name).read_bytes(), ATSConfig())
+    assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
+    assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
+    assert metric(at, "Saved") == f"{1 - float(res.gflops[0]) / res.full_gflops:.1%}"
+    assert len(at.get("download_button")) == 2
+
+
+def test_uploaded_image_each_method(monkeypatch, model):
+    img, _ = synthetic.sample((7, 7), label=3)
+    data = png(img)
+    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", "mine.png", data)
+    for method in ("ats", "topk", "random", "full"):
+        at.selectbox(key="w_method").set_value(method).run()
+        at.text_input(key="w_k").set_value("0.5" if method != "full" else "all").run()
+        assert not at.exception and not at.error
+        res = expected(model, data, ATSConfig(method=method, k=None if method == "full" else 0.5))
+        assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
+        assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
+        if method in ("topk", "random"):
+            assert metric(at, "Tokens kept") == "98 / 196"
+        if method == "full":
+            assert metric(at, "Saved") == "0.0%"
+
+
+def test_settings_live_in_the_url_and_bad_settings_get_a_sentence(monkeypatch):
+    at = open_page(monkeypatch, "1_Image.py")
+    at.text_input(key="w_k").set_value("49").run()
+    assert at.query_params["k"] == ["49"] or at.query_params["k"] == "49"
+    at.text_input(key="w_k").set_value("1").run()
+    assert "K must be at least 2 (got 1)" in at.error[0].value
+    at.text_input(key="w_k").set_value("lots").run()
+    assert "K 'lots' is not a number" in at.error[0].value
+    at.text_input(key="w_k").set_value("all").run()
+    at.text_input(key="w_stages").set_value("3-40").run()
+    assert "Stage 12 is outside this model" in at.error[0].value
+
+
+def test_settings_arrive_from_the_url(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Image.py"), default_timeout=180)
+    at.query_params["k"] = "30"
+    at.query_params["method"] = "topk"
+    at.run()
+    assert metric(at, "Tokens kept") == "30 / 196"
+
+
+BIG = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (20000).to_bytes(4, "big") * 2 + b"\x08\x02\x00\x00\x00" + b"\x00" * 4
+
+
+@pytest.mark.parametrize(
+    "name, data, text",
+    [
+        ("empty.png", b"", "is empty (0 bytes)"),
+        ("notes.png", b"these are my notes, not a picture", "is not an image we can read"),
+        ("cut.jpg", png(np.full((64, 64, 3), 90, np.uint8), fmt="JPEG")[:300], "truncated or corrupt"),
+        ("dot.png", png(np.zeros((1, 1, 3), np.uint8)), "only 1 x 1 pixels"),
+        ("huge.png", BIG, "20000 x 20000 pixels"),
+    ],
+)
+def test_bad_uploads_get_a_sentence_and_the_page_recovers(monkeypatch, name, data, text):
+    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", name, data)
+    assert text in at.error[0].value
+    good = png(synthetic.sample((3, 3))[0])
+    at = upload(at, "image_upload", "good.png", good)
+    assert not at.error and metric(at, "Tokens kept").endswith("/ 196")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "P", "CMYK", "I;16"])
+def test_every_image_mode_is_handled(monkeypatch, mode):
+    arr = synthetic.sample((5, 5))[0]
+    if mode == "I;16":
+        data = png((arr[..., 0].astype(np.uint16) * 257))
+    elif mode == "CMYK":
+        data = png(arr, "CMYK", fmt="JPEG")
+    else:
+        data = png(arr, mode)
+    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", f"x-{mode}.png", data)
+    assert not at.error and metric(at, "Tokens kept").endswith("/ 196")
+
+
+def test_compare_ladder_columns_match_the_library(monkeypatch, model):
+    at = open_page(monkeypatch, "2_Compare.py")
+    data = (ROOT / "assets" / "samples" / at.selectbox(key="compare_sample").value).read_bytes()
+    tokens = [m.value for m in at.metric if m.label == "Tokens kept"]
+    gflops = [m.value for m in at.metric if m.label == "GFLOPs"]
+    assert len(tokens) == 4
+    for i, k in enumerate((None, 0.75, 0.5, 0.25)):
+        res = expected(model, data, ATSConfig(k=k))
+        assert tokens[i] == f"{int(res.patch_counts[0, -1])} / 196"
+        assert gflops[i] == f"{float(res.gflops[0]):.3f}"
+    assert len(at.get("plotly_chart")) == 2
+
+
+def test_compare_methods_at_equal_k(monkeypatch):
+    at = open_page(monkeypatch, "2_Compare.py")
+    at.radio(key="compare_mode").set_value("Methods at one K").run()
+    at.text_input(key="compare_k").set_value("40").run()
+    tokens = [m.value for m in at.metric if m.label == "Tokens kept"]
+    assert len(tokens) == 3
+    assert tokens[1] == tokens[2] == "40 / 196"  # top-K and random keep exactly K
+    assert int(tokens[0].split()[0]) <= 40  # ATS keeps at most K
+    at.radio(key="compare_mode").set_value("Budgets K").run()
+    at.text_input(key="compare_ladder").set_value("all, 0").run()
+    assert "K must be at least 2 (got 0)" in at.error[0].value
