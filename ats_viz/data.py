@@ -57,7 +57,8 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         if isinstance(err, UnidentifiedImageError):
             raise InputError(f"'{name}' is not an image we can read. Use PNG, JPEG, WebP, BMP, TIFF or GIF.") from None
-        raise InputError(f"'{name}' declares too many pixels to decode safely. Downscale it first.") from None
+        raise InputError(f"'{name}' declares far more than the {MAX_PIXELS // 1_000_000} megapixel limit "
+                         f"({err}). Downscale it first.") from None
     except (OSError, ValueError, SyntaxError, EOFError) as err:
         raise InputError(f"'{name}' looks truncated or corrupt ({str(err)[:120]}). Try exporting it again.") from None
     return to_rgb(img)
@@ -267,3 +268,64 @@ def heldout_folder(per_class: int = 50) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# ---------------------------------------------------------------------------- uploaded archives
+
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import zipfile  # noqa: E402
+
+MAX_ZIP_BYTES = 4_000_000_000  # uncompressed: a zip bomb is refused before anything is written
+MAX_ZIP_FILES = 200_000
+
+
+def _archive_root(root: Path) -> Path:
+    """Step into a lone wrapping folder ("shapes/circle/..."), but not into a lone class folder."""
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(entries) != 1 or not entries[0].is_dir() or any(_is_image(p) for p in entries[0].iterdir()):
+            return root
+        root = entries[0]
+
+
+def extract_zip(data: bytes, name: str = "the archive",
+                kinds: Sequence[str] = (*IMAGE_TYPES, "csv")) -> Path:
+    """Unpack an uploaded ZIP (only files whose extension is in ``kinds``) into the cache.
+
+    The folder is named by the archive's digest, so uploading the same archive again reuses
+    it, files, mtimes and all, and cached sweep results stay valid. Paths that would leave
+    the folder, links and oversized archives are refused or skipped, never written.
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise InputError(f"'{name}' is not a ZIP archive we can read. Zip the folder again and upload that.") from None
+    wanted = [m for m in members if not m.is_dir() and m.filename.rsplit(".", 1)[-1].lower() in kinds
+              and not any(part.startswith(".") or part in ("", "..", "__MACOSX")
+                          for part in m.filename.replace("\\", "/").split("/"))
+              and not m.filename.startswith("/") and (m.external_attr >> 16) & 0o170000 != 0o120000]
+    if not wanted:
+        raise InputError(f"'{name}' holds no {', '.join(kinds)} files.")
+    if len(wanted) > MAX_ZIP_FILES or sum(m.file_size for m in wanted) > MAX_ZIP_BYTES:
+        raise InputError(f"'{name}' unpacks to more than {MAX_ZIP_FILES:,} files or "
+                         f"{MAX_ZIP_BYTES // 1_000_000_000} GB. Evaluate a smaller part of it.")
+    out = cache_root() / "uploads" / hashlib.sha256(data).hexdigest()[:24]
+    if not out.is_dir():
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            for m in wanted:
+                target = tmp / m.filename.replace("\\", "/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(m) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        except (zipfile.BadZipFile, OSError, EOFError) as err:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(f"'{name}' is damaged ({str(err)[:120]}). Zip the folder again.") from None
+        try:
+            tmp.rename(out)
+        except OSError:  # another session unpacked the same archive first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _archive_root(out)
