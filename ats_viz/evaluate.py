@@ -10,11 +10,14 @@ A cache file that does not read back cleanly is recomputed, never trusted.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
+import tempfile
 import time
 import weakref
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -566,3 +569,12 @@ def load_results(folder: Path | str) -> SavedSweep:
     except (ValueError, OSError) as err:
         raise InputError(f"The results in '{folder}' could not be read ({str(err)[:120]}). Run the sweep again.") from None
     return SavedSweep(per_image, summary, manifest)
+
+
+def results_zip(result: SweepResult) -> bytes:
+    """The results folder as a ZIP, for a download that the Dataset page can open again."""
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="ats-viz-") as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, path in write_results(result, tmp).items():
+            z.write(path, name)
+    return buf.getvalue()

@@ -1,7 +1,9 @@
 """Dataset sweeps: the numbers a user reads equal plain per-image runs, the cache is honest,
 and every bad input is refused with a sentence."""
 
+import io
 import os
+import zipfile
 
 import cv2
 import numpy as np
@@ -10,9 +12,9 @@ import torch
 
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.__main__ import main
-from ats_viz.data import load_dataset, match_labels, read_image
+from ats_viz.data import extract_zip, load_dataset, match_labels, read_image
 from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, parse_ladder,
-                              parse_methods, run_sweep, sweep_batch, wilson)
+                              parse_methods, results_zip, run_sweep, sweep_batch, wilson)
 from ats_viz.models import load_model
 from ats_viz.synthetic import CLASSES, sample, write_imagefolder
 
@@ -232,3 +234,24 @@ def test_wilson_interval():
     assert (round(lo, 4), round(hi, 4)) == (0.2366, 0.7634)
     assert wilson(0, 10)[0] == 0 and round(wilson(0, 10)[1], 4) == 0.2775
     assert wilson(10, 10)[1] == 1
+
+
+def test_uploaded_zips_unpack_safely_and_results_zips_reopen(model, folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in sorted(folder.rglob("*.png"))[:4]:
+            z.write(p, "wrapped/" + p.relative_to(folder).as_posix())
+        z.writestr("../escape.png", b"x")
+        z.writestr("__MACOSX/wrapped/._a.png", b"x")
+    root = extract_zip(buf.getvalue(), "mine.zip")
+    assert root.name == "wrapped" and extract_zip(buf.getvalue(), "mine.zip") == root  # reused, not re-written
+    assert not (tmp_path / "cache" / "escape.png").exists() and not list(root.parent.glob("__MACOSX"))
+    ds = load_dataset(root, model.class_names)
+    assert len(ds.items) == 4
+    assert "is not a ZIP archive" in _refusal(extract_zip, b"junk", "junk.zip")
+
+    res = run_sweep(model, ds, make_settings([49], ["ats"]), cache=None)
+    saved = load_results(extract_zip(results_zip(res), "results.zip", ("csv", "json", "html")))
+    assert list(saved.summary["setting"]) == ["full", "ats K=49"]
+    assert saved.per_image["gflops"].tolist() == pytest.approx(res.per_image()["gflops"].tolist())

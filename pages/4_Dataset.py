@@ -1,0 +1,209 @@
+"""Dataset: top-1 against GFLOPs over many images, for a ladder of K and the baselines."""
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+
+import ui
+from ats_viz import InputError
+from ats_viz import evaluate as ev
+from ats_viz.data import cache_root, extract_zip, heldout_folder, load_dataset
+from ats_viz.vit import resolve
+
+st.set_page_config(page_title="Dataset - ats-viz", page_icon="📊", layout="wide")
+settings = ui.sidebar()
+st.title("Accuracy against GFLOPs over a dataset")
+st.caption("Every image runs under the full model and under each method at each K of the ladder; GFLOPs are "
+           "each image's own. Results are cached on disk by model, setting and image files: widening the "
+           "ladder computes only the new settings.")
+
+SOURCES = {"heldout": "Bundled held-out set", "folder": "A folder on this machine", "zip": "Upload a ZIP",
+           "saved": "Open saved results"}
+FORMATS = {"top1": st.column_config.NumberColumn("top-1", format="percent"),
+           "ci_low": st.column_config.NumberColumn("95% CI low", format="percent"),
+           "ci_high": st.column_config.NumberColumn("95% CI high", format="percent"),
+           "gflops_mean": st.column_config.NumberColumn("mean GFLOPs", format="%.4f"),
+           "gflops_saved": st.column_config.NumberColumn("saved", format="percent"),
+           "tokens_final_mean": st.column_config.NumberColumn("mean final tokens", format="%.1f")}
+
+
+def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, class_names: list[str]) -> None:
+    """The curve, the summary, and the per-setting views; the same for a fresh or a saved sweep."""
+    if summary.empty:
+        st.info("No image is done yet.")
+        return
+    st.plotly_chart(ev.curve_figure(summary), key="ds_curve")
+    st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its K, accuracy, GFLOPs and tokens.")
+    st.dataframe(summary, hide_index=True, column_config=FORMATS)
+    labels = list(summary["setting"])
+    pruned = [s for s in labels if s != "full"] or labels
+    left, right = st.columns(2)
+    with left:
+        chosen = st.selectbox("GFLOPs per image under", pruned, key="ds_hist_setting")
+        st.plotly_chart(ev.gflops_figure(per_image, chosen, full_gflops), key="ds_hist")
+    with right:
+        picked = st.multiselect("Settings to compare", labels, default=labels[: min(3, len(labels))],
+                                key="ds_compare")
+        st.plotly_chart(ev.tokens_figure(per_image, picked), key="ds_tokens")
+    st.plotly_chart(ev.class_accuracy_figure(per_image, picked, class_names), key="ds_classes")
+    with st.expander("Every image and setting"):
+        only = st.selectbox("Setting", labels, key="ds_table_setting")
+        st.dataframe(per_image[per_image["setting"] == only], hide_index=True)
+
+
+def saved_results() -> None:
+    path = st.text_input("Results folder (written by this page or 'python -m ats_viz evaluate --out')",
+                         key="ds_saved_path")
+    upload = st.file_uploader("...or a results ZIP downloaded from this page", type=["zip"], key="ds_saved_zip")
+    if upload is None and not path.strip():
+        st.stop()
+    try:
+        folder = extract_zip(upload.getvalue(), upload.name, ("csv", "json", "html")) if upload else path.strip()
+        saved = ev.load_results(folder)
+        full, names = float(saved.manifest["full_gflops"]), list(saved.manifest["class_names"])
+    except (InputError, KeyError, TypeError, ValueError) as err:
+        st.error(str(err) if isinstance(err, InputError) else f"The results manifest is incomplete ({err}).")
+        st.stop()
+    m = saved.manifest
+    st.markdown(f"**{m.get('model', '?')}** on {m.get('images', '?')} images from `{m.get('dataset', '?')}`.")
+    show(saved.per_image, saved.summary, full, names)
+
+
+def dataset_folder() -> tuple[Path | str, str | None] | None:
+    """The chosen dataset's folder and label CSV (None: the class folders)."""
+    if source == "heldout":
+        with st.spinner("Writing the held-out set (once)..."):
+            folder = heldout_folder()
+        st.caption("500 synthetic shapes images (seed 1) that the shipped model never trained on.")
+        return folder, None
+    if source == "folder":
+        a, b = st.columns(2)
+        folder = a.text_input("Folder (ImageFolder: one subfolder per class)", key="ds_folder")
+        csv = b.text_input("Labels CSV of filename,label (optional; filenames relative to the folder)",
+                           key="ds_csv_path")
+        return (folder.strip(), csv.strip() or None) if folder.strip() else None
+    a, b = st.columns(2)
+    upload = a.file_uploader("ZIP of an ImageFolder, or of images and a labels CSV", type=["zip"], key="ds_zip")
+    labels = b.file_uploader("Labels CSV (optional)", type=["csv"], key="ds_csv_upload")
+    if upload is None:
+        return None
+    folder = extract_zip(upload.getvalue(), upload.name)
+    if labels is not None:
+        data = labels.getvalue()
+        csv = cache_root() / "uploads" / f"labels-{hashlib.sha256(data).hexdigest()[:24]}.csv"
+        csv.write_bytes(data)
+        return folder, str(csv)
+    inside = sorted(p.name for p in folder.glob("*.csv"))
+    choice = b.selectbox("Labels from", ["class folders", *inside], key="ds_zip_labels") if inside else None
+    return folder, (str(folder / choice) if choice and choice != "class folders" else None)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+source = st.radio("Dataset", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="ds_source")
+if source == "saved":
+    saved_results()
+    st.stop()
+
+loaded = ui.model_or_error(settings) if settings else None
+if loaded is None:
+    st.stop()
+try:
+    chosen = dataset_folder()
+except InputError as err:
+    st.error(str(err))
+    st.stop()
+if chosen is None:
+    st.stop()
+
+c = st.columns([3, 3, 2, 1, 1, 1])
+ladder = c[0].text_input("K ladder", "196,147,98,49", key="ds_k",
+                         help="Budgets, comma-separated: counts (98) or fractions of the patches (0.5).")
+methods = c[1].multiselect("Methods (full is always in)", ["ats", "topk", "random"], ["ats", "topk", "random"],
+                           format_func=ui.METHOD_NAMES.get, key="ds_methods")
+subset = c[2].number_input("Images (0: all)", 0, 10_000_000, 0, key="ds_subset",
+                           help="A random subset of this size, fixed by the seed.")
+seed = c[3].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed", help="Seeds the subset and the random baseline.")
+batch = c[4].number_input("Batch", 1, 1024, 32, key="ds_batch")
+device = c[5].selectbox("Device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"], key="ds_device")
+st.caption("Stages come from the sidebar (" + (settings.stages_text or "paper default") + "); the ladder and "
+           "methods here take the place of its K and method.")
+try:
+    runs = ev.make_settings(ev.parse_ladder(ladder), ev.parse_methods(methods), settings.config.stages, int(seed))
+    dataset = load_dataset(chosen[0], loaded.class_names, chosen[1], int(subset) or None, int(seed))
+    for cfg in runs:
+        resolve(cfg, len(loaded.net.blocks), loaded.net.patch_embed.num_patches)
+except InputError as err:
+    st.error(str(err))
+    st.stop()
+for note in dataset.notes():
+    st.info(note)
+st.markdown(f"**{len(dataset.items):,} images** x **{len(runs)} settings** on {ui.SOURCES.get(loaded.name, loaded.name)}.")
+
+key = hashlib.sha256(json.dumps([ev.model_hash(loaded.net), dataset.fingerprint(),
+                                 [it.target for it in dataset.items],
+                                 [repr(cfg) for cfg in runs]]).encode()).hexdigest()
+stored = st.session_state.get("ds_run")
+if stored is None or stored["key"] != key:
+    if not (st.session_state.pop("ds_restart", False) or st.button("Evaluate", type="primary", key="ds_go")):
+        st.stop()
+    stored = {"key": key, "result": None, "cancelled": True}
+    st.session_state.ds_run = stored  # partial results survive a stop
+    bar = st.progress(0.0, text="Starting...")
+    st.button("Stop", key="ds_stop", help="Keep the results so far.")
+    live = st.empty()
+    shown = [time.monotonic()]
+
+    def on_progress(p: ev.Progress) -> None:
+        stored["result"] = p.partial
+        parts = [f"{p.done:,} of {p.total:,} image-settings"]
+        if p.partial.cached:
+            parts.append(f"{len(p.partial.cached)} setting(s) from the cache")
+        if p.eta_s:
+            parts.append(f"about {duration(p.eta_s)} left")
+        bar.progress(p.done / p.total, text=", ".join(parts))
+        if p.computed and time.monotonic() - shown[0] > 2:
+            live.dataframe(p.partial.summary(), hide_index=True, column_config=FORMATS)
+            shown[0] = time.monotonic()
+
+    try:
+        stored["result"] = ev.run_sweep(loaded, dataset, runs, batch=int(batch), device=device, progress=on_progress)
+    except InputError as err:
+        st.session_state.pop("ds_run", None)
+        st.error(str(err))
+        st.stop()
+    stored["cancelled"] = False
+    st.rerun()
+
+result: ev.SweepResult = stored["result"]
+if "tables" not in stored:
+    per_image = result.per_image()
+    stored["tables"] = (per_image, ev.summarize(per_image, result.full_gflops))
+per_image, summary = stored["tables"]
+if stored["cancelled"]:
+    st.warning(f"Stopped: {len(per_image):,} of {len(dataset.items) * len(runs):,} image-settings are shown. "
+               "Press Evaluate again for all of them.")
+    if st.button("Evaluate", type="primary", key="ds_again"):
+        st.session_state.pop("ds_run")
+        st.session_state.ds_restart = True
+        st.rerun()
+else:
+    how = f"computed in {duration(result.seconds)}" if result.computed else "all from the cache"
+    st.success(f"Done: {len(result.computed)} setting(s) computed, {len(result.cached)} from the cache ({how}).")
+if result.skipped:
+    with st.expander(f"{len(result.skipped)} unreadable image(s) skipped"):
+        st.dataframe(pd.DataFrame(result.skipped, columns=["image", "why"]), hide_index=True)
+show(per_image, summary, result.full_gflops, loaded.class_names)
+d = st.columns(3)
+d[0].download_button("Per-image table (CSV)", per_image.to_csv(index=False), file_name="per_image.csv",
+                     mime="text/csv")
+d[1].download_button("Summary (CSV)", summary.to_csv(index=False), file_name="summary.csv", mime="text/csv")
+d[2].download_button("Results folder (ZIP)", lambda: ev.results_zip(result), file_name="ats-results.zip",
+                     mime="application/zip", help="Open it again here with 'Open saved results'.")

@@ -1,0 +1,106 @@
+"""The Dataset page through Streamlit's AppTest: a sweep, the cache, saved results, refusals."""
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from ats_viz.__main__ import main
+from ats_viz.synthetic import write_imagefolder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    return write_imagefolder(tmp_path / "shapes", per_class=1, seed=11)
+
+
+def page(monkeypatch, source: str) -> AppTest:
+    monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
+    at = AppTest.from_file(str(ROOT / "pages" / "4_Dataset.py"), default_timeout=240)
+    at.run()
+    at.radio(key="ds_source").set_value(source).run()
+    assert not at.exception, at.exception
+    return at
+
+
+def evaluate(at: AppTest, ladder: str = "98") -> AppTest:
+    at.text_input(key="ds_k").set_value(ladder)
+    at.multiselect(key="ds_methods").set_value(["ats"]).run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    at.button(key="ds_go").click().run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_a_folder_is_swept_then_read_from_the_cache(monkeypatch, cache, shapes):
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at = evaluate(at)
+    assert "2 setting(s) computed, 0 from the cache" in at.success[0].value
+    assert list(at.dataframe[0].value["setting"]) == ["full", "ats K=98"]
+    assert len(at.get("plotly_chart")) == 4
+
+    again = page(monkeypatch, "folder")  # a new session: nothing in memory, all on disk
+    again.text_input(key="ds_folder").set_value(str(shapes)).run()
+    again = evaluate(again)
+    assert "all from the cache" in again.success[0].value
+
+
+def test_the_bundled_heldout_set_is_the_default(monkeypatch, cache):
+    write_imagefolder(cache / "heldout-50", per_class=1, seed=1)  # a small stand-in, written once
+    at = page(monkeypatch, "heldout")
+    at = evaluate(at, "49")
+    assert any("**10 images** x **2 settings**" in m.value for m in at.markdown)
+    assert "2 setting(s) computed" in at.success[0].value
+
+
+def test_an_uploaded_zip_is_swept(monkeypatch, cache, shapes):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in shapes.rglob("*.png"):
+            z.write(p, "mine/" + p.relative_to(shapes).as_posix())
+    at = page(monkeypatch, "zip")
+    at.file_uploader(key="ds_zip").set_value(("mine.zip", buf.getvalue(), "application/zip")).run()
+    at = evaluate(at)
+    assert at.success and len(at.dataframe[0].value) == 2
+
+
+def test_saved_results_open_without_a_model_run(monkeypatch, cache, shapes, tmp_path):
+    out = tmp_path / "results"
+    assert main(["evaluate", "--data", str(shapes), "--k", "98,49", "--methods", "ats,topk", "--out", str(out)]) == 0
+    at = page(monkeypatch, "saved")
+    at.text_input(key="ds_saved_path").set_value(str(out)).run()
+    assert not at.exception and not at.error
+    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 4
+
+
+@pytest.mark.parametrize("source, widget, value, sentence", [
+    ("folder", "ds_folder", "/no/such/folder", "No folder at '/no/such/folder'"),
+    ("saved", "ds_saved_path", "/no/such/folder", "is not a results folder"),
+])
+def test_bad_paths_get_a_sentence(monkeypatch, cache, source, widget, value, sentence):
+    at = page(monkeypatch, source)
+    at.text_input(key=widget).set_value(value).run()
+    assert not at.exception
+    assert sentence in at.error[0].value
+
+
+def test_impossible_ladder_and_broken_zip_get_a_sentence(monkeypatch, cache, shapes):
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at.text_input(key="ds_k").set_value("98,1").run()
+    assert "K = 1 is impossible" in at.error[0].value
+    at = page(monkeypatch, "zip")
+    at.file_uploader(key="ds_zip").set_value(("bad.zip", b"not a zip", "application/zip")).run()
+    assert not at.exception
+    assert "'bad.zip' is not a ZIP archive" in at.error[0].value
