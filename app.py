@@ -1,7 +1,5 @@
 """ats-viz, the Streamlit entry point: `streamlit run app.py`. It only routes to the pages."""
 
-from pathlib import Path
-
 import streamlit as st
 
 st.set_page_config(page_title="ats-viz: Adaptive Token Sampling", page_icon=":material/blur_on:", layout="wide")
@@ -12,7 +10,5 @@ PAGES = [
     ("pages/3_Video.py", "Video", ":material/movie:"),
     ("pages/4_Dataset.py", "Dataset", ":material/monitoring:"),
 ]
-here = Path(__file__).parent
-nav = st.navigation([st.Page(p, title=t, icon=i, default=(t == "Home"))
-                     for p, t, i in PAGES if (here / p).exists()])
+nav = st.navigation([st.Page(p, title=t, icon=i, default=(t == "Home")) for p, t, i in PAGES])
 nav.run()
