@@ -15,7 +15,6 @@ from ats_viz import evaluate as ev
 from ats_viz.data import cache_root, extract_zip, heldout_folder, load_dataset
 from ats_viz.vit import resolve
 
-st.set_page_config(page_title="Dataset - ats-viz", page_icon="📊", layout="wide")
 settings = ui.sidebar()
 st.title("Accuracy against GFLOPs over a dataset")
 st.caption("Every image runs under the full model and under each method at each K of the ladder; GFLOPs are "
