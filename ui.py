@@ -162,7 +162,7 @@ def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
 
 
 def image_input(key: str) -> tuple[str, bytes] | None:
-    """An uploaded image or a bundled sample: (name, bytes), or None with nothing chosen."""
+    """An uploaded image, one sent from the Dataset page, or a bundled sample: (name, bytes)."""
     samples = sorted(SAMPLES.glob("*.png"))
     left, right = st.columns([3, 2])
     upload = left.file_uploader("Upload an image", type=list(IMAGE_TYPES), key=f"{key}_upload")
@@ -170,6 +170,12 @@ def image_input(key: str) -> tuple[str, bytes] | None:
                              disabled=upload is not None)
     if upload is not None:
         return upload.name, upload.getvalue()
+    sent = st.session_state.get("image_from_dataset")
+    if sent is not None:
+        st.info(f"Showing {sent[0]} from the Dataset page.")
+        if not st.button("Back to the samples", key=f"{key}_unsend"):
+            return sent
+        del st.session_state["image_from_dataset"]
     if choice:
         return choice, (SAMPLES / choice).read_bytes()
     return None
@@ -220,3 +226,23 @@ def trace_json(res: ATSResult, full: ATSResult, loaded: LoadedModel, settings: S
         "top5_full": viz.topk(full.logits[0], loaded.class_names),
     }
     return json.dumps(payload, indent=2)
+
+
+def extremes_gallery(per_image, root: Path, setting: str, n: int = 5) -> None:
+    """The images that kept the most and the fewest tokens under one setting, each a click
+    away from the Image page."""
+    rows = per_image[per_image["setting"] == setting].sort_values("tokens_final")
+    if rows.empty:
+        return
+    st.subheader(f"Most and fewest tokens kept under {setting}")
+    for title, part in (("Fewest", rows.head(n)), ("Most", rows.tail(n).iloc[::-1])):
+        st.markdown(f"**{title}**")
+        for col, row in zip(st.columns(n), part.itertuples()):
+            path = root / row.image
+            if not path.is_file():
+                continue
+            col.image(str(path), caption=f"{row.image}: {row.tokens_final} tokens, {row.gflops:.3f} GFLOPs",
+                      width="stretch")
+            if col.button("Open on the Image page", key=f"gallery_{title}_{row.Index}"):
+                st.session_state["image_from_dataset"] = (row.image, path.read_bytes())
+                st.switch_page("pages/1_Image.py")

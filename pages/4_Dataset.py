@@ -200,6 +200,7 @@ if result.skipped:
     with st.expander(f"{len(result.skipped)} unreadable image(s) skipped"):
         st.dataframe(pd.DataFrame(result.skipped, columns=["image", "why"]), hide_index=True)
 show(per_image, summary, result.full_gflops, loaded.class_names)
+ui.extremes_gallery(per_image, dataset.root, st.session_state.get("ds_hist_setting") or "full")
 d = st.columns(3)
 d[0].download_button("Per-image table (CSV)", per_image.to_csv(index=False), file_name="per_image.csv",
                      mime="text/csv")

@@ -104,3 +104,22 @@ def test_impossible_ladder_and_broken_zip_get_a_sentence(monkeypatch, cache, sha
     at.file_uploader(key="ds_zip").set_value(("bad.zip", b"not a zip", "application/zip")).run()
     assert not at.exception
     assert "'bad.zip' is not a ZIP archive" in at.error[0].value
+
+
+def test_gallery_shows_the_extremes_and_hands_one_to_the_image_page(monkeypatch, cache, shapes):
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at = evaluate(at)
+    setting = at.selectbox(key="ds_hist_setting").value
+    per_image = at.session_state["ds_run"]["tables"][0]
+    rows = per_image[per_image["setting"] == setting].sort_values("tokens_final")
+    subheaders = [h.value for h in at.subheader]
+    assert f"Most and fewest tokens kept under {setting}" in subheaders
+    buttons = [b for b in at.button if b.label == "Open on the Image page"]
+    assert len(buttons) == 10
+    fewest = rows.iloc[0]
+    # The first button belongs to the image that kept the fewest tokens; clicking it hands that
+    # image to the Image page.
+    buttons[0].click().run()
+    name, data = at.session_state["image_from_dataset"]
+    assert name == fewest["image"] and data == (shapes / fewest["image"]).read_bytes()

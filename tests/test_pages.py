@@ -178,3 +178,16 @@ def test_compare_methods_at_equal_k(monkeypatch):
     at.radio(key="compare_mode").set_value("Budgets K").run()
     at.text_input(key="compare_ladder").set_value("all, 0").run()
     assert "K must be at least 2 (got 0)" in at.error[0].value
+
+
+def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
+    monkeypatch.syspath_prepend(str(ROOT))
+    data = png(synthetic.sample((9, 9), label=6)[0])
+    at = AppTest.from_file(str(ROOT / "pages" / "1_Image.py"), default_timeout=180)
+    at.session_state["image_from_dataset"] = ("hexagon/x.png", data)
+    at.run()
+    assert "Showing hexagon/x.png from the Dataset page." in at.info[0].value
+    res = expected(model, data, ATSConfig())
+    assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
+    at.button(key="image_unsend").click().run()
+    assert "image_from_dataset" not in at.session_state
