@@ -58,8 +58,9 @@ class LoadedModel:
         return img.permute(1, 2, 0).numpy()
 
 
-def _finish(net: VisionTransformer, name: str, class_names: list[str] | None = None,
+def wrap_net(net: VisionTransformer, name: str, class_names: list[str] | None = None,
             card: dict[str, Any] | None = None) -> LoadedModel:
+    """Any timm ViT as a LoadedModel: eval mode, class names, timm's preprocessing for it."""
     net.eval()
     cfg = resolve_data_config({}, model=net)
     n = net.num_classes
@@ -84,7 +85,7 @@ def _load_embedded(name: str) -> LoadedModel:
         raise InputError(f"The shipped weights {weights} are missing: run 'python -m ats_viz train'.")
     net = build(ModelSpec(**card["architecture"]))
     net.load_state_dict(load_file(str(weights)))
-    return _finish(net, name, card["classes"], card)
+    return wrap_net(net, name, card["classes"], card)
 
 
 def _load_timm(model_name: str, pretrained_file: str | None = None) -> LoadedModel:
@@ -100,7 +101,7 @@ def _load_timm(model_name: str, pretrained_file: str | None = None) -> LoadedMod
             "download them elsewhere (for example model.safetensors from huggingface.co/timm/"
             f"{model_name}...) and load that file with the architecture '{model_name}'."
         ) from None
-    return _finish(net, f"timm:{model_name}")
+    return wrap_net(net, f"timm:{model_name}")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -147,7 +148,7 @@ def _load_file(path: Path, arch: str | None) -> LoadedModel:
         raise InputError(f"'{path.name}' does not fit {arch}: " + "; ".join(p for p in parts if p)
                          + ". Is it a checkpoint of another architecture?")
     net.load_state_dict(sd)
-    return _finish(net, f"{path.name} ({arch})")
+    return wrap_net(net, f"{path.name} ({arch})")
 
 
 def load_model(spec: str, arch: str | None = None, pretrained_file: str | None = None) -> LoadedModel:

@@ -86,6 +86,31 @@ def main() -> None:
         speed = t_full / t_ats
         print(f"{batch:>5} {t_full * 1e3:>9.1f} {t_ats * 1e3:>9.1f} {ratio:>13.2f} {speed:>9.2f} "
               f"{speed / ratio:>9.2f} {100 * spent[0] / total:>8.1f}%")
+    page_work(net, args.reps)
+
+
+def page_work(deit: torch.nn.Module, reps: int) -> None:
+    """What the Image page computes for a new upload once the model is cached: decode and
+    preprocess, one ATS run and one full run (goals: < 1 s embedded, < 3 s DeiT-S)."""
+    import io
+
+    from PIL import Image
+
+    from ats_viz.data import read_image
+    from ats_viz.models import LoadedModel, load_model, wrap_net
+
+    buf = io.BytesIO()
+    Image.fromarray((torch.rand(480, 640, 3) * 255).byte().numpy()).save(buf, format="JPEG")
+    data = buf.getvalue()
+    models: list[tuple[str, LoadedModel]] = [("embedded", load_model("embedded")),
+                                             ("DeiT-S", wrap_net(deit, "deit_small_patch16_224"))]
+    print("\nImage page work per new upload (640 x 480 JPEG: decode, preprocess, ATS run, full run)")
+    for name, loaded in models:
+        def upload() -> None:
+            x = loaded.prepare(read_image(data, "bench.jpg"))
+            run_ats(loaded.net, x, ATSConfig())
+            run_ats(loaded.net, x, ATSConfig(method="full"))
+        print(f"  {name:<9} {timed(upload, reps) * 1e3:7.1f} ms")
 
 
 if __name__ == "__main__":

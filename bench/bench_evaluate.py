@@ -20,11 +20,10 @@ import time
 
 import timm
 import torch
-from timm.data import create_transform, resolve_data_config
 
 from ats_viz.data import Dataset, heldout_folder, load_dataset
 from ats_viz.evaluate import make_settings, run_sweep
-from ats_viz.models import LoadedModel, load_model
+from ats_viz.models import LoadedModel, load_model, wrap_net
 from ats_viz.synthetic import CLASSES
 from ats_viz.vit import ATSConfig
 
@@ -33,11 +32,8 @@ LADDER = (196, 147, 98, 49)  # with the full model: M = 5 settings
 
 def deit_small() -> LoadedModel:
     torch.manual_seed(0)
-    net = timm.create_model("deit_small_patch16_224", pretrained=False).eval()
-    cfg = resolve_data_config({}, model=net)
-    names = [f"class {i}" for i in range(net.num_classes)]
-    return LoadedModel(net, names, create_transform(**cfg), "deit_small_patch16_224 (random weights)",
-                       tuple(cfg["mean"]), tuple(cfg["std"]))
+    net = timm.create_model("deit_small_patch16_224", pretrained=False)
+    return wrap_net(net, "deit_small_patch16_224 (random weights)", [f"class {i}" for i in range(net.num_classes)])
 
 
 def timed(model: LoadedModel, ds: Dataset, settings: list[ATSConfig], batch: int, device: str) -> float:
