@@ -27,22 +27,23 @@ def _train(args: argparse.Namespace) -> None:
     command = "python -m ats_viz " + " ".join(sys.argv[1:])
     plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
     net = build(spec)
+    log = lambda line: print(line, flush=True)  # noqa: E731
     if args.resume:
         load_weights(net, Path(args.resume))
-        print(f"starting from {args.resume}", flush=True)
+        log(f"starting from {args.resume}")
     else:
-        train(net, plain, log=lambda s: print(s, flush=True), stop_after_s=args.max_minutes * 60)
-    metrics = heldout_metrics(net, args.eval_per_class)
-    print("plain:", metrics, flush=True)
-    write_checkpoint(net, spec, out, args.name, plain, command, metrics,
-                     "Trained plainly; ATS is plugged in afterwards (no training with ATS).")
+        done = train(net, plain, log=log, stop_after_s=args.max_minutes * 60)
+        metrics = heldout_metrics(net, args.eval_per_class)
+        log(f"plain: {metrics}")
+        write_checkpoint(net, spec, out, args.name, plain, done, command, metrics,
+                         "Trained plainly; ATS is plugged in afterwards (no training with ATS).")
     if args.ats_steps:
         tuned = Recipe(steps=args.ats_steps, batch=args.batch, lr=args.lr * 0.2, warmup=20,
                        seed=args.seed + 1, ats=True, curriculum=0.0)
-        train(net, tuned, log=lambda s: print(s, flush=True))
+        done = train(net, tuned, log=log)
         metrics = heldout_metrics(net, args.eval_per_class)
-        print("ats-tuned:", metrics, flush=True)
-        write_checkpoint(net, spec, out, args.name + "-ats", tuned, command, metrics,
+        log(f"ats-tuned: {metrics}")
+        write_checkpoint(net, spec, out, args.name + "-ats", tuned, done, command, metrics,
                          "The plain model fine-tuned with ATS active at blocks 3-11 (K = all patches).")
 
 

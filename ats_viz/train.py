@@ -105,8 +105,11 @@ class _Batches(torch.utils.data.IterableDataset):
 
 
 def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = print,
-          stop_after_s: float | None = None) -> VisionTransformer:
-    """Train ``net`` in place with AdamW, warmup and cosine decay; return it in eval mode."""
+          stop_after_s: float | None = None) -> int:
+    """Train ``net`` in place with AdamW, warmup and cosine decay; leave it in eval mode.
+
+    Returns the steps done: fewer than ``recipe.steps`` when ``stop_after_s`` ran out first.
+    """
     torch.manual_seed(recipe.seed)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
     no_decay = [p for n, p in net.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
@@ -143,7 +146,8 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
         if stop_after_s is not None and time.time() - t0 > stop_after_s:
             log(f"stopping at step {step + 1}: time limit")
             break
-    return net.eval()
+    net.eval()
+    return step + 1
 
 
 def heldout_batches(per_class: int, batch: int = 50) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -178,8 +182,8 @@ def heldout_metrics(net: VisionTransformer, per_class: int = 50) -> dict[str, fl
     }
 
 
-def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: str,
-                     recipe: Recipe, command: str, metrics: dict[str, float], note: str) -> Path:
+def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: str, recipe: Recipe,
+                     steps_done: int, command: str, metrics: dict[str, float], note: str) -> Path:
     """Weights as safetensors plus a model card (JSON for the code, markdown for people)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
@@ -192,7 +196,7 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         "classes": list(synthetic.CLASSES),
         "preprocessing": {"input_size": [3, spec.img_size, spec.img_size], "crop_pct": 1.0,
                           "mean": list(MEAN), "std": list(STD)},
-        "training": {**asdict(recipe), "command": command},
+        "training": {**asdict(recipe), "steps_done": steps_done, "command": command},
         "heldout": metrics,
         "note": note,
     }
@@ -202,8 +206,9 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         f"- Architecture: {card['arch_summary']} ({card['parameters']:,} parameters).",
         f"- Classes: {', '.join(card['classes'])}.",
         f"- Preprocessing: {spec.img_size} px RGB, no crop, mean {MEAN}, std {STD}.",
-        f"- Training: `{command}` ({recipe.steps} steps of {recipe.batch} fresh synthetic images, "
-        f"AdamW lr {recipe.lr}, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
+        f"- Training: `{command}` ({steps_done} steps of {recipe.batch} fresh synthetic images"
+        + (f", stopped by the time limit before the planned {recipe.steps}" if steps_done < recipe.steps else "")
+        + f"; AdamW lr {recipe.lr}, warmup and cosine decay, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
         f"- Held-out set ({metrics['images']} images, seed {HELDOUT_SEED}, never trained on):",
         f"  - full model: top-1 {metrics['top1_full']:.1%}, {metrics['gflops_full']:.3f} GFLOPs",
         f"  - ATS at blocks 3-11, K = all patches: top-1 {metrics['top1_ats']:.1%}, "

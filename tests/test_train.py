@@ -50,11 +50,11 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     logs = []
     recipe = Recipe(steps=2, batch=4, warmup=1, seed=0)
-    train(net, recipe, log=logs.append)
+    assert train(net, recipe, log=logs.append) == 2
     assert any("step 2/2" in line for line in logs)
     assert not torch.equal(before["head.weight"], net.state_dict()["head.weight"])
     metrics = {"images": 1, "top1_full": 0.0, "top1_ats": 0.0, "gflops_full": 1.0, "gflops_ats": 1.0, "gflops_saved": 0.0}
-    path = write_checkpoint(net, spec, tmp_path, "tiny", recipe, "test", metrics, "a test")
+    path = write_checkpoint(net, spec, tmp_path, "tiny", recipe, 2, "test", metrics, "a test")
     card = json.loads((tmp_path / "tiny.json").read_text())
     again = build(ModelSpec(**card["architecture"]))
     again.load_state_dict(load_file(str(path)))
