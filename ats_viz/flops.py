@@ -52,13 +52,16 @@ def head_macs(net: nn.Module) -> int:
 
 def gflops(net: nn.Module, token_counts: Tensor, height: int, width: int) -> Tensor:
     """Per-image GFLOPs from token counts (B x (depth + 1)): column b enters block b."""
-    total = torch.full(token_counts.shape[:1], float(embed_macs(net, height, width) + head_macs(net)),
-                       dtype=torch.float64)
     counts = token_counts.cpu()
-    for b, blk in enumerate(net.blocks):
-        total += block_macs(counts[:, b], counts[:, b + 1], net.embed_dim,
-                            blk.attn.qkv.out_features // 3, blk.mlp.fc1.out_features)
-    return total * 1e-9
+    attn_dims = [blk.attn.qkv.out_features // 3 for blk in net.blocks]
+    mlp_dims = [blk.mlp.fc1.out_features for blk in net.blocks]
+    if len(set(attn_dims)) == 1 and len(set(mlp_dims)) == 1:  # the usual case: one call for all blocks
+        per_block = block_macs(counts[:, :-1], counts[:, 1:], net.embed_dim, attn_dims[0], mlp_dims[0])
+    else:
+        per_block = torch.stack([block_macs(counts[:, b], counts[:, b + 1], net.embed_dim, a, m)
+                                 for b, (a, m) in enumerate(zip(attn_dims, mlp_dims))], dim=1)
+    fixed = embed_macs(net, height, width) + head_macs(net)
+    return (per_block.sum(dim=1) + fixed) * 1e-9
 
 
 def full_gflops(net: nn.Module, num_tokens: int, height: int, width: int) -> float:

@@ -253,7 +253,8 @@ def _block(net: VisionTransformer, blk: Block, state: TokenState, prune: tuple[s
     x = x + blk.drop_path1(blk.ls1(out))
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     state.x = x
-    state.counts.append(state.valid.sum(dim=1).cpu() + npre)
+    # Counts change only where a stage prunes; elsewhere the previous tensor is reused.
+    state.counts.append(state.valid.sum(dim=1).cpu() + npre if prune is not None else state.counts[-1])
 
 
 def _on_grid(state: TokenState, values: Tensor) -> Tensor:
