@@ -104,6 +104,7 @@ class _Batches(torch.utils.data.IterableDataset):
             yield to_tensor(np.stack([i for i, _ in items])), torch.tensor([l for _, l in items])
 
 
+@torch.enable_grad()  # a caller's no_grad must not silently train nothing
 def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = print,
           stop_after_s: float | None = None) -> int:
     """Train ``net`` in place with AdamW, warmup and cosine decay; leave it in eval mode.

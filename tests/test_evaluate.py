@@ -18,7 +18,12 @@ from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_set
 from ats_viz.models import load_model
 from ats_viz.synthetic import CLASSES, sample, write_imagefolder
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,12 @@ from torch.utils.flop_counter import FlopCounterMode
 from ats_viz import ATSConfig, run_ats
 from ats_viz.flops import block_macs
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
 
 
 def test_deit_small_is_4_6_gflops():

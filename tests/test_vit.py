@@ -7,7 +7,12 @@ import torch
 from ats_viz import ATSConfig, InputError, patch_vit, run_ats
 from ats_viz.vit import default_stages
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def no_grad():
+    with torch.no_grad():
+        yield
 
 
 def test_no_stage_and_full_equal_plain_timm(deit_tiny, images):
