@@ -95,7 +95,11 @@ def _bind(key: str) -> dict:
 
 
 def sidebar() -> Settings | None:
-    """Draw the shared settings; None (with the reason shown) if they are impossible."""
+    """Draw the shared settings; None (with the reason shown) if they are impossible.
+
+    Called first on every page, so it also sets the page's layout.
+    """
+    st.set_page_config(page_title="ats-viz: Adaptive Token Sampling", page_icon=":material/blur_on:", layout="wide")
     _init_state()
     with st.sidebar:
         st.header("Model")

@@ -38,7 +38,7 @@ def expected(model, data: bytes, cfg: ATSConfig):
 
 def open_page(monkeypatch, name: str) -> AppTest:
     monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
-    path = ROOT / "app.py" if name == "app.py" else ROOT / "pages" / name
+    path = ROOT / name if name == "app.py" else ROOT / "pages" / name
     at = AppTest.from_file(str(path), default_timeout=180)
     at.run()
     assert not at.exception, at.exception
@@ -56,7 +56,7 @@ def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
 
 
 def test_home_says_what_ats_is_and_links_the_pages(monkeypatch):
-    at = open_page(monkeypatch, "app.py")  # the router opens on the home page
+    at = open_page(monkeypatch, "app.py")  # the home page
     text = " ".join(m.value for m in at.markdown)
     assert "inverse transform sampling" in text and "class token" in text
     card = load_model("embedded").card["heldout"]
