@@ -50,8 +50,10 @@ def parse_stages(text: str) -> tuple[int, ...] | None:
     try:
         for part in text.replace(" ", "").split(","):
             if "-" in part[1:]:
-                a, b = part.split("-", 1)
-                out += range(int(a), int(b) + 1)
+                a, b = (int(v) for v in part.split("-", 1))
+                if b - a > 1000:  # checked before expanding: a URL must not exhaust memory
+                    raise InputError(f"Stages '{text}' name more blocks than any ViT has.")
+                out += range(a, b + 1)
             elif part:
                 out.append(int(part))
     except ValueError:

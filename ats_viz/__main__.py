@@ -55,6 +55,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .models import load_model
 
     ks, methods = parse_ladder(args.k), parse_methods(args.methods)  # refuse typos before loading
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
     model = load_model(args.model, arch=args.arch)
     data = args.data or heldout_folder()
     dataset = load_dataset(data, model.class_names, args.csv, args.subset, args.seed)
@@ -91,6 +93,13 @@ def _k_value(text: str) -> int | float | None:
             raise argparse.ArgumentTypeError(f"'{text}' is not a count, a fraction or 'all'") from None
 
 
+def _writable(*files: str | None) -> None:
+    """Refuse output files that cannot be written before the work, not after it."""
+    for f in files:
+        if f and (Path(f).is_dir() or not Path(f).resolve().parent.is_dir()):
+            raise InputError(f"Cannot write '{f}': give a file path in an existing folder.")
+
+
 def _video(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -98,6 +107,7 @@ def _video(args: argparse.Namespace) -> None:
     from .video import DEFAULT_MAX_FRAMES, analyse_video, plan, probe, write_annotated
     from .vit import ATSConfig, resolve
 
+    _writable(args.csv, args.out)
     max_frames = DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames
     info = probe(args.input)  # refuse a bad file before loading the model
     plan(info, args.stride, max_frames)

@@ -101,6 +101,7 @@ class Dataset:
     class_names: list[str]
     found: int  # images found before unmatched labels and subsetting took any out
     unmatched: dict[str, int] = field(default_factory=dict)  # label -> images left out for it
+    badly_named: list[str] = field(default_factory=list)  # left out: names not valid UTF-8
 
     def fingerprint(self) -> list[tuple[str, int, int]]:
         """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
@@ -119,7 +120,10 @@ class Dataset:
             more = f" and {len(self.unmatched) - 10} more" if len(self.unmatched) > 10 else ""
             notes.append(f"{left} image(s) left out: their labels match none of the model's classes: "
                          f"{labels}{more}.")
-        matched = self.found - sum(self.unmatched.values())
+        if self.badly_named:
+            notes.append(f"{len(self.badly_named)} image(s) left out: their file names are not valid UTF-8 "
+                         f"(rename them): {_few(self.badly_named)}.")
+        matched = self.found - sum(self.unmatched.values()) - len(self.badly_named)
         if len(self.items) < matched:
             notes.append(f"Evaluating a random subset of {len(self.items)} of {matched} images.")
         return notes
@@ -230,15 +234,26 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
         raise InputError(f"None of the labels ({_few(labels)}) match the model's classes ({_few(list(class_names))}). "
                          "Name the class folders (or the CSV's labels) after the model's classes.")
     base = root.resolve()
-    items = [DatasetItem(p.resolve(), p.resolve().relative_to(base).as_posix(), label, matched[label])
-             for p, label in pairs if label in matched]
+    items, badly_named = [], []
+    for p, label in pairs:
+        if label not in matched:
+            continue
+        name = p.resolve().relative_to(base).as_posix()
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # tables and CSV files cannot hold such a name
+            badly_named.append(name.encode("utf-8", "replace").decode())
+            continue
+        items.append(DatasetItem(p.resolve(), name, label, matched[label]))
     if subset is not None:
         if isinstance(subset, bool) or not isinstance(subset, int) or subset < 1:
             raise InputError(f"The subset size must be a whole number of at least 1 (got {subset!r}).")
         if subset < len(items):
             keep = sorted(random.Random(seed).sample(range(len(items)), subset))
             items = [items[i] for i in keep]
-    return Dataset(base, items, list(class_names), len(pairs), unmatched)
+    if not items:
+        raise InputError(f"No image in '{root}' has a file name in valid UTF-8: rename them.")
+    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named)
 
 
 def cache_root() -> Path:

@@ -396,6 +396,9 @@ def run_sweep(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig
                     report(start + len(chunk))
         finally:
             net.to(original)
+        if len(result.skipped) == n:
+            raise InputError(f"None of the {n} images could be read (the first: {result.skipped[0][0]}: "
+                             f"{result.skipped[0][1]}). Check that the folder holds images.")
         for cfg, key in todo:
             store.save(runs[cfg.label()], key, result.skipped)
     result.seconds = time.perf_counter() - t0

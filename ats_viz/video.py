@@ -178,6 +178,11 @@ def probe(path: str | Path) -> VideoInfo:
     kinds = "MP4, AVI, MOV, WebM or MKV"
     if not path.is_file():
         raise InputError(f"No video file at '{path}'. Check the path.")
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:  # OpenCV crashes on such names rather than refusing them
+        raise InputError(f"The name of '{name.encode('utf-8', 'replace').decode()}' is not valid UTF-8, "
+                         "which OpenCV cannot open: rename the file.") from None
     if path.stat().st_size == 0:
         raise InputError(f"'{name}' is empty (0 bytes). Choose a video file ({kinds}).")
     with path.open("rb") as fh:

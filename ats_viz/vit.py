@@ -22,6 +22,7 @@ from .errors import InputError
 from .flops import full_gflops, gflops
 
 METHODS = ("ats", "topk", "random", "full")
+MAX_K_FACTOR = 16  # K above this many times the patch count is refused
 Budget = Union[None, int, float, Sequence[Union[int, float]]]
 
 
@@ -162,6 +163,10 @@ def _budget(k: int | float | None, num_patches: int) -> int:
         return value
     if k < 2:
         raise InputError(f"K must be at least 2 (got {k}).")
+    if k > MAX_K_FACTOR * num_patches:
+        # More points than a few per token pick nothing new, and would only cost memory.
+        raise InputError(f"K = {k} is more than {MAX_K_FACTOR} times the {num_patches} patch tokens; "
+                         f"give at most {MAX_K_FACTOR * num_patches}.")
     return k
 
 

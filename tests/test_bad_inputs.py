@@ -11,8 +11,6 @@ and nothing may be written into the repository (the cache and temp folders point
 tmp_path). tests/test_models.py, test_pages.py, test_video.py and test_evaluate.py already
 check each entry point's main refusals; this module adds the breadth across entry points.
 
-Rows marked ``xfail(strict=True)`` are known bugs (see each reason): when one is fixed its
-row passes, strict xfail turns that into a failure, and the mark should come off.
 """
 
 from __future__ import annotations
@@ -367,9 +365,6 @@ def test_video_analyse_refuses_before_any_model_run(sandbox, model):
     assert "is not a video that can be read" in refusal(video.analyse_video, model, path, ATSConfig())
 
 
-BUG_OPENCV_NON_UTF8 = pytest.mark.xfail(strict=True, reason=(
-    "bug: ats_viz/video.py _open passes a path holding a non-UTF-8 name to cv2.VideoCapture, "
-    "which segfaults the process (SIGSEGV) instead of refusing with a sentence"))
 
 
 @pytest.mark.parametrize("what, says", [
@@ -378,7 +373,7 @@ BUG_OPENCV_NON_UTF8 = pytest.mark.xfail(strict=True, reason=(
     ("image", "is an image, not a video"),
     ("missing", "No video file at"),
     ("directory", "No video file at"),
-    pytest.param("non-utf8", "", marks=BUG_OPENCV_NON_UTF8),
+    pytest.param("non-utf8", ""),
 ])
 def test_video_command_line(sandbox, what, says):
     path = make_input("video", what, sandbox.inputs, sandbox.marker)
@@ -520,10 +515,6 @@ def test_unreadable_images_in_a_dataset_are_skipped_each_with_its_sentence(sandb
     assert list(result.per_image()["image"].unique()) == ["circle/good.png"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a dataset file whose name is not UTF-8 is evaluated, then ats_viz/evaluate.py "
-    "SweepResult.per_image() builds a pandas string column with a surrogate and pyarrow raises "
-    "UnicodeEncodeError (the Dataset page and 'evaluate' die with a traceback)"))
 def test_a_non_utf8_file_name_in_a_dataset(sandbox, model, small_set):
     ds = load_dataset(non_utf8_folder(sandbox.inputs, small_set), model.class_names)
     result = run_sweep(model, ds, make_settings([98], ["ats"]), batch=8, cache=None)
@@ -531,16 +522,12 @@ def test_a_non_utf8_file_name_in_a_dataset(sandbox, model, small_set):
     assert len(table) + len(result.skipped) * 2 == 2 * len(ds.items)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the same non-UTF-8 file name makes 'evaluate' exit 1 with a traceback")
 def test_a_non_utf8_file_name_in_a_dataset_command_line(sandbox, small_set):
     proc = run_cli(["evaluate", "--data", str(non_utf8_folder(sandbox.inputs, small_set)), "--k", "98",
                     "--methods", "ats", "--out", str(sandbox.root / "out")], sandbox)
     assert "Traceback" not in proc.err and proc.returncode in (0, 2), proc.err[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: 'evaluate' on a folder where no image can be read exits 0 and writes an empty table "
-    "and curve, instead of saying that none of the images could be read (exit 2)"))
 def test_a_dataset_of_only_unreadable_images_is_refused(sandbox):
     folder = bad_images_folder(sandbox.inputs, sandbox.marker)
     err = cli_refusal(["evaluate", "--data", str(folder), "--k", "98", "--methods", "ats",
@@ -654,10 +641,6 @@ def test_escaping_members_are_skipped_and_the_rest_unpacked_inside_the_cache(san
 
 # ============================================================================ settings and the URL
 
-HUGE_K = pytest.mark.xfail(strict=True, reason=(
-    "bug: ats_viz/vit.py _budget accepts any K >= 2 without an upper bound; ats.py _sample_points / "
-    "_nearest then allocate K (and B x K x P) floats: K = 10**12 raises an uncaught RuntimeError "
-    "(a traceback on the page), K = 10**7 tries to allocate 7.8 GB"))
 
 URL_ROWS = [
     ({"k": "-3"}, "K must be at least 2 (got -3)"),
@@ -667,7 +650,7 @@ URL_ROWS = [
     ({"k": "0.001"}, "K must be at least 2"),
     ({"k": "1,2"}, "K gives 2 values but there are"),
     ({"k": "9" * 5000}, "K as a fraction must be in (0, 1]"),
-    pytest.param({"k": "1000000000000"}, "K", marks=HUGE_K),
+    pytest.param({"k": "1000000000000"}, "K"),
     ({"stages": "abc"}, "Stages 'abc' are not block numbers"),
     ({"stages": "-5"}, "Stage -5 is outside this model"),
     ({"stages": "3,3"}, "name a block twice"),
@@ -695,22 +678,20 @@ def test_url_query_parameters_on_the_image_page(monkeypatch, sandbox, params, sa
         assert not tokens_kept(at)
 
 
-TITLE_WORD = {"0_Home.py": "adaptive token sampling", "1_Image.py": "image", "2_Compare.py": "compare",
+TITLE_WORD = {"app.py": "adaptive token sampling", "1_Image.py": "image", "2_Compare.py": "compare",
               "3_Video.py": "video", "4_Dataset.py": "dataset"}
 GARBAGE = {"k": "-3", "stages": "abc", "method": "evil", "source": "../../etc"}
 
 
-@pytest.mark.parametrize("page", ["0_Home.py", "1_Image.py", "2_Compare.py", "3_Video.py", "4_Dataset.py"])
+@pytest.mark.parametrize("page", ["app.py", "1_Image.py", "2_Compare.py", "3_Video.py", "4_Dataset.py"])
 def test_garbage_url_on_every_page_gets_a_sentence(monkeypatch, sandbox, page):
-    """Through the router (app.py), as a shared link would open the page."""
-    if not (ROOT / "pages" / page).exists():
-        pytest.skip(f"pages/{page} is not there yet")
+    """Opened from the home page (app.py), as a shared link would open the app."""
     monkeypatch.syspath_prepend(str(ROOT))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240)
     for k, v in GARBAGE.items():
         at.query_params[k] = v
     at.run()
-    if page != "0_Home.py":
+    if page != "app.py":
         at.switch_page(f"pages/{page}").run()
     no_exception(at)
     assert TITLE_WORD[page] in at.title[0].value.lower()  # the page asked for, not another
@@ -735,10 +716,6 @@ def _in_a_small_address_space(code: str, box, extra_gb: float = 2.0) -> subproce
                           text=True, timeout=600)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: ui.py parse_stages expands a range such as '0-999999999999' into a list before any "
-    "check, so ?stages=0-999999999999 in a URL exhausts the server's memory (MemoryError here, "
-    "under a 2 GB address-space limit)"))
 def test_a_huge_stage_range_is_refused_without_using_memory(sandbox):
     proc = _in_a_small_address_space(
         "try:\n"
@@ -749,7 +726,6 @@ def test_a_huge_stage_range_is_refused_without_using_memory(sandbox):
     assert proc.returncode == 0 and "refused:" in proc.stdout, proc.stderr[-1500:]
 
 
-@pytest.mark.xfail(strict=True, reason=HUGE_K.kwargs["reason"])
 def test_a_huge_k_is_refused_without_using_memory(sandbox):
     proc = _in_a_small_address_space(
         "from ats_viz.models import load_model\n"
@@ -767,12 +743,6 @@ def test_a_huge_k_is_refused_without_using_memory(sandbox):
 
 # ============================================================================ command-line flags
 
-BUG_CSV_DIR = pytest.mark.xfail(strict=True, reason=(
-    "bug: ats_viz/__main__.py _video writes --csv with Path.write_text after the whole analysis; a "
-    "folder (or unwritable path) there ends in IsADirectoryError with a traceback, exit 1"))
-BUG_OUT_FILE = pytest.mark.xfail(strict=True, reason=(
-    "bug: ats_viz/evaluate.py write_results calls out.mkdir on --out after the whole sweep; an "
-    "existing file there ends in FileExistsError with a traceback, exit 1"))
 
 
 # {clip}, {data} and {tmp} stand for a good clip, a good dataset folder and the test's own folder.
@@ -789,9 +759,9 @@ FLAG_ROWS = [
     (["video", "{clip}", "--method", "evil"], "invalid choice: 'evil'"),
     (["video", "{clip}", "--model", "timm:../../etc/passwd"], "timm has no model named"),
     (["video", "{clip}", "--model", "embeded"], "Say which timm architecture"),
-    pytest.param(["video", "{clip}", "--max-frames", "1", "--k", "1000000000000"], "K", marks=HUGE_K,
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--k", "1000000000000"], "K",
                  id="video-huge-k"),
-    pytest.param(["video", "{clip}", "--max-frames", "1", "--csv", "{tmp}"], "", marks=BUG_CSV_DIR,
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--csv", "{tmp}"], "",
                  id="video-csv-is-a-folder"),
     (["evaluate", "--data", "{data}", "--k", "98,abc"], "'abc' in the K ladder is not a number"),
     (["evaluate", "--data", "{data}", "--k", ""], "The K ladder is empty"),
@@ -803,7 +773,7 @@ FLAG_ROWS = [
     (["evaluate", "--data", "{data}", "--csv", "{tmp}/absent.csv"], "No CSV file at"),
     (["evaluate", "--model", "{tmp}/missing.pth", "--arch", ARCH], "No checkpoint file at"),
     pytest.param(["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--out", "{tmp}/afile"], "",
-                 marks=BUG_OUT_FILE, id="evaluate-out-is-a-file"),
+                 id="evaluate-out-is-a-file"),
 ]
 
 
