@@ -95,7 +95,7 @@ def sampling_figure(stage: StageTrace, index: int = 0) -> go.Figure:
     fig.add_trace(go.Scatter(x=pic.picks.numpy(), y=pic.points.numpy(), mode="markers", name=f"{stage.k} sample points",
                              marker=dict(size=5, symbol="line-ew-open", color="gray"),
                              hovertemplate="point %{y:.3f} picks rank %{x}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=picked, y=pic.cdf.numpy()[picked], mode="markers", name=f"{len(picked)} tokens kept",
+    fig.add_trace(go.Scatter(x=picked, y=pic.cdf.numpy()[picked], mode="markers", name=f"{len(picked)} token{'s' if len(picked) != 1 else ''} kept",
                              marker=dict(size=7, color="rgb(255,160,0)"),
                              hovertemplate="rank %{x} kept<extra></extra>"))
     fig.update_layout(title=f"Inverse transform sampling at block {stage.block}", height=330,
@@ -135,7 +135,7 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
                              hovertemplate="%{x}<br>top-1 confidence %{y:.1%}<extra></extra>"))
     fig.add_hline(y=full_gflops, line_dash="dot", annotation_text="full model", line_color="gray")
     fig.update_layout(
-        title="GFLOPs and top-1 confidence", height=340, xaxis_title=x_title,
+        title="GFLOPs and top-1 confidence", height=340, xaxis=dict(title=x_title, type="category"),
         yaxis=dict(title="GFLOPs", rangemode="tozero"),
         yaxis2=dict(title="confidence", overlaying="y", side="right", range=[0, 1], tickformat=".0%"),
         legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
