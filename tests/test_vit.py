@@ -75,8 +75,10 @@ def test_budget_forms(deit_tiny, images):
     res = run_ats(deit_tiny, images, ATSConfig(k=per))
     assert [s.k for s in res.stages] == list(per)
     assert all((s.tokens_out <= k).all() for s, k in zip(res.stages, per))
-    big = run_ats(deit_tiny, images[:1], ATSConfig(k=5000))
+    big = run_ats(deit_tiny, images[:1], ATSConfig(k=3000))  # more points than tokens: allowed
     assert int(big.patch_counts[0, -1]) <= 196
+    with pytest.raises(InputError, match="K = 5000 is more than 16 times the 196 patch tokens"):
+        run_ats(deit_tiny, images[:1], ATSConfig(k=5000))
 
 
 def test_smaller_k_fewer_tokens_and_gflops(deit_tiny, images):
