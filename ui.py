@@ -4,7 +4,6 @@ the stage views. Streamlit lives here and in the pages; the library (ats_viz/) n
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.models import EMBEDDED, LoadedModel, load_model
+from ats_viz.models import LoadedModel, load_model
 from ats_viz.vit import ATSResult, METHODS, resolve
 from ats_viz import viz
 
@@ -36,9 +35,6 @@ class Settings:
     config: ATSConfig
     stages_text: str
     k_text: str
-
-    def model_label(self) -> str:
-        return SOURCES.get(self.model, self.model)
 
 
 def parse_stages(text: str) -> tuple[int, ...] | None:

@@ -33,8 +33,7 @@ def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
 class SamplingPicture:
     """What inverse transform sampling did for one image, for the explanatory figure."""
 
-    sorted_scores: Tensor  # P', ascending, the image's present tokens only
-    cdf: Tensor  # P', the min-max normalised CDF of sorted_scores
+    cdf: Tensor  # P', the min-max normalised CDF of the scores sorted ascending
     order: Tensor  # P', index into the input of each sorted position
     points: Tensor  # K, the sample points on [y0, 1]
     picks: Tensor  # K, sorted position picked by each point
@@ -89,7 +88,6 @@ def sampling_picture(scores: Tensor, k: int) -> SamplingPicture:
     points = _sample_points(cdf, k)
     picks = _nearest(cdf, points)
     return SamplingPicture(
-        sorted_scores=scores.reshape(-1)[order[0]],
         cdf=cdf[0],
         order=order[0],
         points=points[0],
