@@ -17,15 +17,18 @@ def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
     """S_j = (sum over heads of A[h, CLS, j]) * ||v_j||, normalised over each image's patches.
 
     cls_attn: B x H x P, the class token's attention to the patch tokens.
-    v:        B x P x C, the patch tokens' values with all heads concatenated.
+    v:        B x P x ..., each patch token's value vector with all heads, in the trailing
+              dims (B x P x C, or B x P x H x head_dim, which saves concatenating the heads).
     valid:    B x P bool. Returns B x P scores summing to 1 per image, 0 where not valid.
     """
-    raw = cls_attn.sum(dim=1) * v.norm(dim=-1)
-    raw = raw.masked_fill(~valid, 0.0)
+    norms = torch.linalg.vector_norm(v, dim=tuple(range(2, v.ndim)))
+    raw = torch.where(valid, cls_attn.sum(dim=1) * norms, 0.0)
     total = raw.sum(dim=-1, keepdim=True)
+    if bool((total > 0).all()):
+        return raw / total
     # An image whose patches all score 0 (possible only with degenerate weights) is
     # treated as uniform, so sampling still has a CDF to walk.
-    uniform = valid.float() / valid.sum(dim=-1, keepdim=True).clamp(min=1)
+    uniform = valid / valid.sum(dim=-1, keepdim=True).clamp(min=1)
     return torch.where(total > 0, raw / total.clamp(min=torch.finfo(raw.dtype).tiny), uniform)
 
 
@@ -39,52 +42,56 @@ class SamplingPicture:
     picks: Tensor  # K, sorted position picked by each point
 
 
-def _normalised_cdf(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+def _normalised_cdf(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Sort ascending (absent tokens first), cumulate, min-max normalise over present tokens.
 
-    Returns (cdf, order), both B x P; absent tokens get a CDF of -1 so no point is ever
-    nearest to them.
+    Returns (cdf, order, flat), cdf and order B x P: absent tokens get a CDF of -1 so no
+    point is ever nearest to them. flat (B x 1) marks the images whose CDF has no spread.
     """
-    keyed = scores.masked_fill(~valid, -1.0)
-    sorted_keys, order = keyed.sort(dim=-1, stable=True)
+    sorted_keys, order = torch.where(valid, scores, -1.0).sort(dim=-1, stable=True)
     present = sorted_keys >= 0
     cdf = sorted_keys.clamp(min=0).cumsum(dim=-1)
-    lo = torch.where(present, cdf, torch.full_like(cdf, float("inf"))).amin(dim=-1, keepdim=True)
-    hi = cdf[:, -1:]
-    spread = hi - lo
+    lo = torch.where(present, cdf, float("inf")).amin(dim=-1, keepdim=True)
+    spread = cdf[:, -1:] - lo
     norm = (cdf - lo) / spread.clamp(min=torch.finfo(cdf.dtype).tiny)
-    return norm.masked_fill(~present, -1.0), order
+    return torch.where(present, norm, -1.0), order, spread <= 0
 
 
 def _sample_points(cdf: Tensor, k: int) -> Tensor:
     """K points evenly on [y0, 1], y0 the smallest non-zero normalised CDF value (B x K)."""
-    y0 = torch.where(cdf > 0, cdf, torch.full_like(cdf, 2.0)).amin(dim=-1, keepdim=True)
-    y0 = y0.clamp(max=1.0)
+    y0 = torch.where(cdf > 0, cdf, 2.0).amin(dim=-1, keepdim=True).clamp(max=1.0)
     t = torch.linspace(0.0, 1.0, k, dtype=cdf.dtype, device=cdf.device)
     return y0 + (1.0 - y0) * t
 
 
 def _nearest(cdf: Tensor, points: Tensor) -> Tensor:
-    """For each point, the sorted position with the nearest CDF value, the first on a tie."""
-    # argmin returns the first minimal index, which is exactly the spec's tie rule.
-    return (cdf.unsqueeze(1) - points.unsqueeze(2)).abs().argmin(dim=-1)
+    """For each point, the sorted position with the nearest CDF value, the first on a tie.
+
+    The CDF is non-decreasing, so only the values on either side of a point can be nearest:
+    a binary search finds them, O(K log P) instead of comparing every point with every token.
+    """
+    right = torch.searchsorted(cdf, points).clamp(max=cdf.shape[1] - 1)
+    below, above = cdf.gather(1, (right - 1).clamp(min=0)), cdf.gather(1, right)
+    # In float64 the two distances of float32 values are compared without rounding, so a
+    # tie is a real tie, and a tie goes to the lower value.
+    p = points.double()
+    value = torch.where(p - below <= above - p, below, above)
+    return torch.searchsorted(cdf, value)  # the first position holding that value
 
 
 def ats_select(scores: Tensor, valid: Tensor, k: int) -> Tensor:
     """Inverse transform sampling: B x P bool of the patch tokens that survive (K' <= K)."""
-    cdf, order = _normalised_cdf(scores, valid)
+    cdf, order, flat = _normalised_cdf(scores, valid)
     picks = _nearest(cdf, _sample_points(cdf, k))
-    kept = torch.zeros_like(valid)
-    kept.scatter_(1, order.gather(1, picks), True)
+    kept = torch.zeros_like(valid).scatter_(1, order.gather(1, picks), True)
     # No spread at all (a single patch token): keep every token, as the spec says.
-    flat = (cdf.amax(dim=-1) <= 0).unsqueeze(1)
-    return torch.where(flat, valid, kept & valid)
+    return torch.where(flat, valid, kept)
 
 
 def sampling_picture(scores: Tensor, k: int) -> SamplingPicture:
     """The sampling of one image's present-token scores (1-D), step by step, for plotting."""
     valid = torch.ones(1, scores.numel(), dtype=torch.bool, device=scores.device)
-    cdf, order = _normalised_cdf(scores.reshape(1, -1), valid)
+    cdf, order, _ = _normalised_cdf(scores.reshape(1, -1), valid)
     points = _sample_points(cdf, k)
     picks = _nearest(cdf, points)
     return SamplingPicture(

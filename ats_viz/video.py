@@ -33,7 +33,7 @@ from PIL import Image
 from .data import MAX_PIXELS, MIN_SIDE
 from .errors import InputError
 from .models import LoadedModel
-from .vit import ATSConfig, ATSResult, StageTrace, run_ats
+from .vit import ATSConfig, ATSResult, run_ats
 from .viz import overlay
 
 VIDEO_TYPES = ("mp4", "avi", "mov", "webm", "mkv")
@@ -283,9 +283,8 @@ def _one(res: ATSResult, i: int) -> ATSResult:
     def take(t: torch.Tensor) -> torch.Tensor:
         return t[i:i + 1].clone()
 
-    stages = [StageTrace(s.block, s.k, take(s.present_mask), take(s.scores), take(s.kept_mask)) for s in res.stages]
     return ATSResult(take(res.logits), take(res.gflops), res.full_gflops, take(res.token_counts),
-                     res.num_prefix, res.grid, res.config, stages)
+                     res.num_prefix, res.grid, res.config, [s.take(i) for s in res.stages])
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:

@@ -8,12 +8,20 @@ exactly min(K, n) tokens, the largest.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from ats_viz.ats import ats_select, topk_select
+from ats_viz.ats import (
+    _nearest,
+    _normalised_cdf,
+    _sample_points,
+    ats_select,
+    topk_select,
+)
 
 PROPS = settings(max_examples=150, deadline=None)
 
@@ -21,9 +29,9 @@ budgets = st.integers(min_value=2, max_value=400)
 
 
 @st.composite
-def score_vectors(draw, distinct: bool = False) -> torch.Tensor:
-    """Non-negative float32 scores of length 1..300 summing to 1 (as significance_scores gives)."""
-    n = draw(st.integers(min_value=1, max_value=300))
+def score_vectors(draw, distinct: bool = False, longest: int = 300) -> torch.Tensor:
+    """Non-negative float32 scores of length 1..longest summing to 1 (as significance_scores gives)."""
+    n = draw(st.integers(min_value=1, max_value=longest))
     elems = st.floats(min_value=0.0, max_value=1.0, allow_nan=False, allow_infinity=False, width=32)
     if distinct:
         raw = draw(st.lists(elems.filter(lambda v: v > 0), min_size=n, max_size=n, unique=True))
@@ -52,6 +60,18 @@ def test_ats_keeps_between_one_and_k_tokens_including_the_top_one(scores, k):
     assert 1 <= n_kept <= min(k, scores.numel())
     top = scores.max()
     assert bool((kept & (scores == top)).any()), "the highest-scoring token (or one of the tied maxima) is kept"
+
+
+@PROPS
+@given(score_vectors(longest=60), st.integers(min_value=2, max_value=80))
+def test_each_point_picks_the_nearest_cdf_value_exactly_and_the_first_on_a_tie(scores, k):
+    """The binary search against the spec's rule, decided in exact rational arithmetic."""
+    cdf, _, _ = _normalised_cdf(scores.reshape(1, -1), torch.ones(1, scores.numel(), dtype=torch.bool))
+    points = _sample_points(cdf, k)
+    values = [Fraction(c) for c in cdf[0].tolist()]
+    for p, got in zip(points[0].tolist(), _nearest(cdf, points)[0].tolist()):
+        distance = [abs(v - Fraction(p)) for v in values]
+        assert got == distance.index(min(distance))
 
 
 @PROPS
