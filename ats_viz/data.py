@@ -6,8 +6,18 @@ Decoding never runs on a header we have not checked (the decompression-bomb guar
 
 from __future__ import annotations
 
+import csv
+import hashlib
 import io
+import os
+import random
+import re
+import shutil
 import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
@@ -17,6 +27,9 @@ from .errors import InputError
 MAX_PIXELS = 40_000_000  # 40 megapixels: a 20000 x 20000 image (400 MP) is refused unread
 MIN_SIDE = 16  # one patch
 IMAGE_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+MAX_SCAN_ENTRIES = 200_000  # files and folders walked in a dataset folder before it is refused
+MAX_ZIP_BYTES = 4_000_000_000  # uncompressed: a zip bomb is refused before anything is written
+MAX_ZIP_FILES = 200_000
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -69,13 +82,6 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
 # CSV of filename,label. Labels are matched to the model's class names; what matches no
 # class is left out and counted, never fatal unless nothing matches at all.
 
-import csv  # noqa: E402 - this section is appended; its imports live with it
-import os  # noqa: E402
-import random  # noqa: E402
-import re  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Iterable, Sequence  # noqa: E402
 
 _SYNSET = re.compile(r"n\d{8}")
 _HEADER_FILE = {"filename", "file", "image", "path", "name"}
@@ -167,10 +173,19 @@ def _imagefolder(root: Path) -> list[tuple[Path, str]]:
     if not entries:
         raise InputError(f"The folder '{root}' is empty. Put the images in one subfolder per class "
                          "(ImageFolder layout), or give a CSV of filename,label.")
-    pairs = []
+    pairs, seen = [], 0
     for folder in sorted(p for p in entries if p.is_dir()):
-        files = sorted(p for p in folder.rglob("*") if _is_image(p))
-        pairs += [(p, folder.name) for p in files]
+        files = []
+        for parent, dirs, names in os.walk(folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            # A mistyped path ("/", a home folder) would otherwise be walked to the end.
+            seen += len(dirs) + len(names)
+            if seen > MAX_SCAN_ENTRIES:
+                raise InputError(f"'{root}' holds more than {MAX_SCAN_ENTRIES:,} files and folders, which is "
+                                 "more than a dataset for this page. Give the dataset's own folder, or a CSV "
+                                 "of filename,label.")
+            files += [p for p in (Path(parent) / n for n in names) if _is_image(p)]
+        pairs += [(p, folder.name) for p in sorted(files)]
     if not pairs:
         if any(_is_image(p) for p in entries):
             raise InputError(f"'{root}' has images but no class subfolders. Put each class's images in a "
@@ -279,20 +294,11 @@ def heldout_folder(per_class: int = 50) -> Path:
     try:
         tmp.rename(out)
     except OSError:  # another process finished first: its folder is the same images
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 # ---------------------------------------------------------------------------- uploaded archives
-
-import hashlib  # noqa: E402
-import shutil  # noqa: E402
-import zipfile  # noqa: E402
-
-MAX_ZIP_BYTES = 4_000_000_000  # uncompressed: a zip bomb is refused before anything is written
-MAX_ZIP_FILES = 200_000
 
 
 def _archive_root(root: Path) -> Path:

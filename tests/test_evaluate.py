@@ -215,6 +215,24 @@ def test_bad_datasets_are_refused_with_a_sentence(model, folder, tmp_path):
     assert "subset size must be a whole number of at least 1" in _refusal(load_dataset, folder, names, subset=0)
 
 
+def test_a_folder_too_big_to_be_a_dataset_is_refused_before_it_is_walked_through(model, tmp_path, monkeypatch):
+    """A mistyped path ('/', a home folder) must not be scanned to the end."""
+    import ats_viz.data as data
+
+    for label in ("circle", "square"):
+        (tmp_path / label).mkdir()
+        for i in range(15):
+            (tmp_path / label / f"{i}.png").write_bytes(b"")
+    (tmp_path / "circle" / ".thumbs").mkdir()  # hidden folders are neither walked nor counted
+    for i in range(50):
+        (tmp_path / "circle" / ".thumbs" / f"{i}.png").write_bytes(b"")
+    monkeypatch.setattr(data, "MAX_SCAN_ENTRIES", 30)
+    assert load_dataset(tmp_path, model.class_names).found == 30
+    monkeypatch.setattr(data, "MAX_SCAN_ENTRIES", 29)
+    msg = _refusal(load_dataset, tmp_path, model.class_names)
+    assert f"'{tmp_path}' holds more than 29 files and folders" in msg and "Give the dataset's own folder" in msg
+
+
 @pytest.mark.parametrize("ladder, sentence", [
     ("", "The K ladder is empty"),
     ("196,1", "K = 1 is impossible: ATS needs K of at least 2"),
