@@ -1,5 +1,6 @@
 """ats-viz: `streamlit run app.py`. This is the home page; Streamlit finds the other pages in
-pages/ (a pages/ folder and st.navigation do not mix: deep links and st.switch_page break)."""
+pages/ (a pages/ folder and st.navigation do not mix: deep links and st.switch_page break), and
+ui.sidebar() lists them by name."""
 
 import streamlit as st
 
@@ -16,15 +17,15 @@ st.markdown(
     "videos and datasets."
 )
 cols = st.columns(4)
-pages = [
-    ("pages/1_Image.py", "Image", "Upload an image: the tokens kept at every stage, their scores, the GFLOPs."),
-    ("pages/2_Compare.py", "Compare", "One image under several budgets or methods, side by side."),
-    ("pages/3_Video.py", "Video", "How the token budget follows the frames of a video."),
-    ("pages/4_Dataset.py", "Dataset", "GFLOPs-versus-accuracy curves over a whole dataset."),
-]
-for col, (path, title, text) in zip(cols, pages):
+blurbs = {
+    "pages/1_Image.py": "Upload an image: the tokens kept at every stage, their scores, the GFLOPs.",
+    "pages/2_Compare.py": "One image under several budgets or methods, side by side.",
+    "pages/3_Video.py": "How the token budget follows the frames of a video.",
+    "pages/4_Dataset.py": "GFLOPs-versus-accuracy curves over a whole dataset.",
+}
+for col, (path, text) in zip(cols, blurbs.items()):
     with col.container(border=True):
-        st.page_link(path, label=f"**{title}**")
+        st.page_link(path, label=f"**{ui.PAGES[path][0]}**")
         st.caption(text)
 
 if settings is not None:

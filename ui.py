@@ -19,6 +19,9 @@ from ats_viz.vit import ATSResult, METHODS, resolve
 from ats_viz import viz
 
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
+PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
+         "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
+         "pages/4_Dataset.py": ("Dataset", ":material/dataset:")}
 SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (fine-tuned with ATS)",
            "timm": "timm pretrained model", "file": "Checkpoint file"}
 METHOD_NAMES = {"ats": "ATS", "topk": "top-K", "random": "random", "full": "full (no pruning)"}
@@ -100,6 +103,9 @@ def sidebar() -> Settings | None:
     st.set_page_config(page_title="ats-viz: Adaptive Token Sampling", page_icon=":material/blur_on:", layout="wide")
     _init_state()
     with st.sidebar:
+        # Streamlit's own page list is hidden (.streamlit/config.toml): it would call the home page "app".
+        for path, (label, icon) in PAGES.items():
+            st.page_link(path, label=label, icon=icon)
         st.header("Model")
         st.selectbox("Model", list(SOURCES), format_func=SOURCES.get, **_bind("source"))
         arch = None

@@ -242,7 +242,7 @@ def cli_refusal(args: list[str], box) -> str:
 
 def open_page(monkeypatch, name: str, params: dict[str, str] | None = None) -> AppTest:
     monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "pages" / name), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page(f"pages/{name}")
     for k, v in (params or {}).items():
         at.query_params[k] = v
     at.run()

@@ -182,6 +182,13 @@ def test_home_page_says_what_ats_is(server, page):
     links.nth(names.index("Image")).click()  # the card's link opens the page
     page.get_by_text("Sampled tokens of one image").wait_for()
     assert page.url.rstrip("/").endswith("/Image")
+    # The sidebar names every page, the home page as "Home" (Streamlit's own list said "app").
+    nav = page.locator('[data-testid="stSidebar"] a[data-testid^="stPageLink"]')
+    labels = [nav.nth(i).inner_text().strip().splitlines()[-1] for i in range(nav.count())]  # after the icon
+    assert labels == ["Home", "Image", "Compare", "Video", "Dataset"]
+    assert not page.locator('[data-testid="stSidebarNav"]').count()
+    nav.nth(0).click()
+    page.get_by_text("Adaptive Token Sampling, seen and measured").wait_for()
 
 
 def test_image_page_upload_shows_overlays_and_the_token_count(server, page, model):
@@ -242,9 +249,10 @@ def test_video_page_analyses_an_uploaded_clip(server, page, tmp_path):
     page.get_by_text("Frame explorer").wait_for()
     settle(page)
     assert metric_values(page, "Frames analysed") == ["3"]
-    chart = page.locator('[data-testid="stPlotlyChart"]').first
-    chart.locator(".main-svg").first.wait_for()
-    assert "Patch tokens after the last block" in chart.inner_text()
+    # The timeline, found by its axis title: charts mount in their own time, so "the first
+    # chart" can briefly be the frame explorer's heatmap.
+    timeline = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="Patch tokens after the last block")
+    timeline.first.locator(".main-svg").first.wait_for()
     no_exception_box(page)
     shot(page, "video")
 

@@ -26,7 +26,7 @@ def shapes(tmp_path):
 
 def page(monkeypatch, source: str) -> AppTest:
     monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "pages" / "4_Dataset.py"), default_timeout=240)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/4_Dataset.py")
     at.run()
     at.radio(key="ds_source").set_value(source).run()
     assert not at.exception, at.exception

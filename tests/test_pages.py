@@ -38,8 +38,10 @@ def expected(model, data: bytes, cfg: ATSConfig):
 
 def open_page(monkeypatch, name: str) -> AppTest:
     monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
-    path = ROOT / name if name == "app.py" else ROOT / "pages" / name
-    at = AppTest.from_file(str(path), default_timeout=180)
+    # Opened as `streamlit run app.py` serves it: the sidebar's page links resolve against app.py.
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
+    if name != "app.py":
+        at.switch_page(f"pages/{name}")
     at.run()
     assert not at.exception, at.exception
     return at
@@ -61,6 +63,13 @@ def test_home_says_what_ats_is_and_links_the_pages(monkeypatch):
     assert "inverse transform sampling" in text and "class token" in text
     card = load_model("embedded").card["heldout"]
     assert f"{card['top1_full']:.1%}" in text
+
+
+@pytest.mark.parametrize("name", ["app.py", "1_Image.py", "2_Compare.py", "3_Video.py", "4_Dataset.py"])
+def test_every_page_links_every_page_by_name(monkeypatch, name):
+    links = open_page(monkeypatch, name).sidebar.get("page_link")
+    assert [link.proto.label for link in links] == ["Home", "Image", "Compare", "Video", "Dataset"]
+    assert [link.proto.page for link in links] == ["", "Image", "Compare", "Video", "Dataset"]
 
 
 def test_image_page_shows_the_sample_numbers(monkeypatch, model):
@@ -105,7 +114,7 @@ def test_settings_live_in_the_url_and_bad_settings_get_a_sentence(monkeypatch):
 
 def test_settings_arrive_from_the_url(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Image.py"), default_timeout=180)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
     at.query_params["k"] = "30"
     at.query_params["method"] = "topk"
     at.run()
@@ -183,7 +192,7 @@ def test_compare_methods_at_equal_k(monkeypatch):
 def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
     monkeypatch.syspath_prepend(str(ROOT))
     data = png(synthetic.sample((9, 9), label=6)[0])
-    at = AppTest.from_file(str(ROOT / "pages" / "1_Image.py"), default_timeout=180)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
     at.session_state["image_from_dataset"] = ("hexagon/x.png", data)
     at.run()
     assert "Showing hexagon/x.png from the Dataset page." in at.info[0].value

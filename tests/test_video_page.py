@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def page(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "pages" / "3_Video.py"), default_timeout=180)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/3_Video.py")
     at.run()
     assert not at.exception
     return at
