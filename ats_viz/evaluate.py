@@ -24,8 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
-from plotly.colors import qualitative
 import torch
 from torch import Tensor
 
@@ -33,6 +31,7 @@ from .data import Dataset, cache_root, read_image
 from .errors import InputError
 from .models import LoadedModel
 from .vit import METHODS, ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
+from .viz import curve_figure, curve_png
 
 CACHE_VERSION = 1
 RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
@@ -411,107 +410,6 @@ def _full_gflops(model: LoadedModel) -> float:
     net = model.net
     h, w = model.input_size
     return full_gflops(net, net.patch_embed.num_patches + net.num_prefix_tokens, h, w)
-
-
-# ---------------------------------------------------------------------------- figures
-
-_COLOURS = {"ats": "#d62728", "topk": "#1f77b4", "random": "#7f7f7f", "full": "#2ca02c"}
-
-
-def curve_figure(summary: pd.DataFrame) -> go.Figure:
-    """Top-1 (95% CI bars) against mean GFLOPs: one line per method, the full model a star."""
-    fig = go.Figure()
-    for method, g in summary.groupby("method", sort=False):
-        g = g.sort_values("gflops_mean")
-        full = method == "full"
-        fig.add_trace(go.Scatter(
-            x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
-            marker=dict(color=_COLOURS.get(method), size=14 if full else 8, symbol="star" if full else "circle"),
-            error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["top1"]) * 100,
-                         arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1),
-            customdata=np.stack([g["k"].astype("float").fillna(-1), g["ci_low"] * 100, g["ci_high"] * 100,
-                                 g["tokens_final_mean"], g["images"]], axis=1),
-            hovertemplate=("<b>%{fullData.name}</b>" + ("" if full else " K=%{customdata[0]:.0f}")
-                           + "<br>top-1 %{y:.1f}% (95% CI %{customdata[1]:.1f} to %{customdata[2]:.1f})"
-                           "<br>%{x:.3f} GFLOPs<br>%{customdata[3]:.1f} patch tokens at the end"
-                           "<br>%{customdata[4]} images<extra></extra>"),
-        ))
-    fig.update_layout(xaxis_title="mean GFLOPs per image", yaxis_title="top-1 accuracy (%)",
-                      legend_title="method", hovermode="closest", margin=dict(t=30))
-    return fig
-
-
-def curve_png(summary: pd.DataFrame, path: Path | str) -> Path:
-    """The accuracy curve as a PNG, drawn with matplotlib (plotly's PNG export needs kaleido)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.4, 4.2), dpi=120)
-    ax = fig.add_subplot()
-    for method, g in summary.groupby("method", sort=False):
-        g = g.sort_values("gflops_mean")
-        full = method == "full"
-        err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
-        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method, capsize=3,
-                    color=_COLOURS.get(method), marker="*" if full else "o", markersize=12 if full else 5,
-                    linestyle="none" if full else "-")
-    ax.set_xlabel("mean GFLOPs per image")
-    ax.set_ylabel("top-1 accuracy (%), 95% CI")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    return Path(path)
-
-
-def gflops_figure(per_image: pd.DataFrame, setting: str, full_gflops: float | None = None) -> go.Figure:
-    """How GFLOPs spread over the images under one setting: ATS spends more on busy images."""
-    g = per_image[per_image["setting"] == setting]
-    fig = go.Figure(go.Histogram(x=g["gflops"], nbinsx=40, name=setting, marker_color="#d62728",
-                                 hovertemplate="%{x} GFLOPs: %{y} images<extra></extra>"))
-    if len(g):
-        fig.add_vline(x=float(g["gflops"].mean()), line_dash="dash", annotation_text="mean")
-    if full_gflops is not None:
-        fig.add_vline(x=full_gflops, line_color="#2ca02c", annotation_text="full model")
-    fig.update_layout(xaxis_title="GFLOPs per image", yaxis_title="images", title=setting,
-                      showlegend=False, margin=dict(t=40))
-    return fig
-
-
-def tokens_figure(per_image: pd.DataFrame, settings: Sequence[str]) -> go.Figure:
-    """Patch tokens entering each block, mean with a 10th-90th percentile band, per setting."""
-    cols = sorted((c for c in per_image.columns if c.startswith("tokens_in_")), key=lambda c: int(c[10:]))
-    cols.append("tokens_final")
-    x = list(range(len(cols)))
-    fig = go.Figure()
-    for i, setting in enumerate(settings):
-        g = per_image.loc[per_image["setting"] == setting, cols].to_numpy(dtype=float)
-        if not len(g):
-            continue
-        colour = qualitative.Plotly[i % len(qualitative.Plotly)]
-        lo, hi = np.percentile(g, 10, axis=0), np.percentile(g, 90, axis=0)
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=np.concatenate([hi, lo[::-1]]), fill="toself",
-                                 line=dict(width=0), fillcolor=colour, opacity=0.15, hoverinfo="skip",
-                                 showlegend=False, legendgroup=setting))
-        fig.add_trace(go.Scatter(x=x, y=g.mean(axis=0), name=setting, mode="lines+markers",
-                                 line=dict(color=colour), legendgroup=setting,
-                                 hovertemplate=f"{setting}<br>block %{{x}}: %{{y:.1f}} tokens<extra></extra>"))
-    fig.update_layout(xaxis_title=f"block (the last point: after block {len(cols) - 2})",
-                      yaxis_title="patch tokens entering (mean, 10-90% band)", margin=dict(t=30))
-    return fig
-
-
-def class_accuracy_figure(per_image: pd.DataFrame, settings: Sequence[str],
-                          class_names: Sequence[str]) -> go.Figure:
-    """Top-1 per class and setting: where pruning hurts, not just how much on average."""
-    fig = go.Figure()
-    for setting in settings:
-        g = per_image[per_image["setting"] == setting]
-        acc = g.groupby("target")["correct"].agg(["mean", "size"])
-        fig.add_trace(go.Bar(x=[class_names[t] for t in acc.index], y=acc["mean"] * 100, name=setting,
-                             customdata=acc["size"],
-                             hovertemplate="%{x}: %{y:.1f}% of %{customdata} images<extra>" + setting + "</extra>"))
-    fig.update_layout(barmode="group", xaxis_title="class", yaxis_title="top-1 accuracy (%)", margin=dict(t=30))
-    return fig
 
 
 # ---------------------------------------------------------------------------- result folders

@@ -1,8 +1,10 @@
-"""Pictures of ATS: patch overlays (numpy / OpenCV) and plotly figures, all drawn from traces."""
+"""Pictures of ATS: patch overlays (numpy / OpenCV) and plotly figures, drawn from traces and
+from the tables of dataset sweeps."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Sequence
 
 import cv2
@@ -11,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # the library draws off-screen: no display on servers
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 import torch
 
@@ -140,4 +143,125 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
         yaxis2=dict(title="confidence", overlaying="y", side="right", range=[0, 1], tickformat=".0%"),
         legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
     )
+    return fig
+
+
+# ---------------------------------------------------------------------------- dataset sweeps
+# The figures of evaluate.py's tables (per_image and summary). Every figure colours a setting
+# the same way, so a reader can follow one setting from the curve to the classes.
+
+METHOD_COLOURS = {"full": (44, 160, 44), "ats": (214, 39, 40), "topk": (31, 119, 180), "random": (127, 127, 127)}
+
+
+def setting_colours(table: pd.DataFrame) -> dict[str, str]:
+    """One colour per setting of a sweep table: its method's hue, paler for a larger K."""
+    out = {}
+    for method, g in table.drop_duplicates("setting").groupby("method", sort=False):
+        settings = g.sort_values("k", ascending=False, na_position="first")["setting"].tolist()
+        base = METHOD_COLOURS.get(method, (90, 90, 90))
+        for i, setting in enumerate(settings):
+            depth = 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1)
+            out[setting] = "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
+    return out
+
+
+def curve_figure(summary: pd.DataFrame) -> go.Figure:
+    """Top-1 (95% CI bars) against mean GFLOPs: one line per method, the full model a star."""
+    colours = setting_colours(summary)
+    fig = go.Figure()
+    for method, g in summary.groupby("method", sort=False):
+        g = g.sort_values("gflops_mean")
+        full = method == "full"
+        fig.add_trace(go.Scatter(
+            x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
+            line=dict(color="rgb({},{},{})".format(*METHOD_COLOURS.get(method, (90, 90, 90)))),
+            marker=dict(color=[colours[s] for s in g["setting"]], size=14 if full else 9,
+                        symbol="star" if full else "circle"),
+            error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["top1"]) * 100,
+                         arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1),
+            customdata=np.stack([g["k"].astype("float").fillna(-1), g["ci_low"] * 100, g["ci_high"] * 100,
+                                 g["tokens_final_mean"], g["images"]], axis=1),
+            hovertemplate=("<b>%{fullData.name}</b>" + ("" if full else " K=%{customdata[0]:.0f}")
+                           + "<br>top-1 %{y:.1f}% (95% CI %{customdata[1]:.1f} to %{customdata[2]:.1f})"
+                           "<br>%{x:.3f} GFLOPs<br>%{customdata[3]:.1f} patch tokens at the end"
+                           "<br>%{customdata[4]} images<extra></extra>"),
+        ))
+    fig.update_layout(xaxis_title="mean GFLOPs per image", yaxis_title="top-1 accuracy (%)",
+                      legend_title="method", hovermode="closest", margin=dict(t=30))
+    return fig
+
+
+def curve_png(summary: pd.DataFrame, path: Path | str) -> Path:
+    """The accuracy curve as a PNG, drawn with matplotlib (plotly's PNG export needs kaleido)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2), dpi=120)
+    ax = fig.add_subplot()
+    for method, g in summary.groupby("method", sort=False):
+        g = g.sort_values("gflops_mean")
+        full = method == "full"
+        err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
+        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method, capsize=3,
+                    color=[c / 255 for c in METHOD_COLOURS.get(method, (90, 90, 90))],
+                    marker="*" if full else "o", markersize=12 if full else 5, linestyle="none" if full else "-")
+    ax.set_xlabel("mean GFLOPs per image")
+    ax.set_ylabel("top-1 accuracy (%), 95% CI")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)
+
+
+def gflops_histogram(per_image: pd.DataFrame, setting: str, full_gflops: float | None = None) -> go.Figure:
+    """How GFLOPs spread over the images under one setting: ATS spends more on busy images."""
+    colours = setting_colours(per_image)
+    g = per_image[per_image["setting"] == setting]
+    fig = go.Figure(go.Histogram(x=g["gflops"], nbinsx=40, name=setting, marker_color=colours.get(setting),
+                                 hovertemplate="%{x} GFLOPs: %{y} images<extra></extra>"))
+    if len(g):
+        fig.add_vline(x=float(g["gflops"].mean()), line_dash="dash", annotation_text="mean")
+    if full_gflops is not None:
+        fig.add_vline(x=full_gflops, line_color="rgb({},{},{})".format(*METHOD_COLOURS["full"]),
+                      annotation_text="full model")
+    fig.update_layout(xaxis_title="GFLOPs per image", yaxis_title="images", title=setting,
+                      showlegend=False, margin=dict(t=40))
+    return fig
+
+
+def sweep_tokens_figure(per_image: pd.DataFrame, settings: Sequence[str]) -> go.Figure:
+    """Patch tokens entering each block over a dataset: mean and 10th-90th percentile band."""
+    colours = setting_colours(per_image)
+    cols = sorted((c for c in per_image.columns if c.startswith("tokens_in_")), key=lambda c: int(c[10:]))
+    cols.append("tokens_final")
+    x = list(range(len(cols)))
+    fig = go.Figure()
+    for setting in settings:
+        g = per_image.loc[per_image["setting"] == setting, cols].to_numpy(dtype=float)
+        if not len(g):
+            continue
+        lo, hi = np.percentile(g, 10, axis=0), np.percentile(g, 90, axis=0)
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                                 line=dict(width=0), fillcolor=colours[setting], opacity=0.15, hoverinfo="skip",
+                                 showlegend=False, legendgroup=setting))
+        fig.add_trace(go.Scatter(x=x, y=g.mean(axis=0), name=setting, mode="lines+markers",
+                                 line=dict(color=colours[setting]), legendgroup=setting,
+                                 hovertemplate=f"{setting}<br>block %{{x}}: %{{y:.1f}} tokens<extra></extra>"))
+    fig.update_layout(xaxis_title=f"block (the last point: after block {len(cols) - 2})",
+                      yaxis_title="patch tokens entering (mean, 10-90% band)", margin=dict(t=30))
+    return fig
+
+
+def class_accuracy_figure(per_image: pd.DataFrame, settings: Sequence[str],
+                          class_names: Sequence[str]) -> go.Figure:
+    """Top-1 per class and setting: where pruning hurts, not just how much on average."""
+    colours = setting_colours(per_image)
+    fig = go.Figure()
+    for setting in settings:
+        g = per_image[per_image["setting"] == setting]
+        acc = g.groupby("target")["correct"].agg(["mean", "size"])
+        fig.add_trace(go.Bar(x=[class_names[t] for t in acc.index], y=acc["mean"] * 100, name=setting,
+                             marker_color=colours.get(setting), customdata=acc["size"],
+                             hovertemplate="%{x}: %{y:.1f}% of %{customdata} images<extra>" + setting + "</extra>"))
+    fig.update_layout(barmode="group", xaxis_title="class", yaxis_title="top-1 accuracy (%)", margin=dict(t=30))
     return fig

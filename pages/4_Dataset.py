@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 import ui
-from ats_viz import InputError
+from ats_viz import InputError, viz
 from ats_viz import evaluate as ev
 from ats_viz.data import cache_root, extract_zip, heldout_folder, load_dataset
 from ats_viz.vit import resolve
@@ -36,7 +36,7 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
     if summary.empty:
         st.info("No image is done yet.")
         return
-    st.plotly_chart(ev.curve_figure(summary), key="ds_curve")
+    st.plotly_chart(viz.curve_figure(summary), key="ds_curve")
     st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its K, accuracy, GFLOPs and tokens.")
     st.dataframe(summary, hide_index=True, column_config=FORMATS)
     labels = list(summary["setting"])
@@ -44,12 +44,12 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
     left, right = st.columns(2)
     with left:
         chosen = st.selectbox("GFLOPs per image under", pruned, key="ds_hist_setting")
-        st.plotly_chart(ev.gflops_figure(per_image, chosen, full_gflops), key="ds_hist")
+        st.plotly_chart(viz.gflops_histogram(per_image, chosen, full_gflops), key="ds_hist")
     with right:
         picked = st.multiselect("Settings to compare", labels, default=labels[: min(3, len(labels))],
                                 key="ds_compare")
-        st.plotly_chart(ev.tokens_figure(per_image, picked), key="ds_tokens")
-    st.plotly_chart(ev.class_accuracy_figure(per_image, picked, class_names), key="ds_classes")
+        st.plotly_chart(viz.sweep_tokens_figure(per_image, picked), key="ds_tokens")
+    st.plotly_chart(viz.class_accuracy_figure(per_image, picked, class_names), key="ds_classes")
     with st.expander("Every image and setting"):
         only = st.selectbox("Setting", labels, key="ds_table_setting")
         st.dataframe(per_image[per_image["setting"] == only], hide_index=True)

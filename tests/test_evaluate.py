@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ats_viz import ATSConfig, InputError, run_ats
+from ats_viz import ATSConfig, InputError, run_ats, viz
 from ats_viz.__main__ import main
 from ats_viz.data import extract_zip, load_dataset, match_labels, read_image
 from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, parse_ladder,
@@ -61,6 +61,30 @@ def test_sweep_equals_a_plain_loop_of_run_ats(model, folder):
         summary = res.summary().set_index("setting").loc[cfg.label()]
         assert summary["top1"] == hits / len(ds.items)
         assert summary["gflops_mean"] == pytest.approx(np.mean(flops), rel=1e-12)
+
+
+def test_a_setting_has_one_colour_in_every_sweep_figure(model, folder):
+    """Reading the curve, the histogram, the token curves and the classes side by side, a
+    setting must look the same in each; settings of one method share its hue."""
+    ds = load_dataset(folder, model.class_names, subset=4)
+    settings = [ATSConfig(method="full"), ATSConfig(k=147), ATSConfig(k=49), ATSConfig(k=98, method="topk")]
+    res = run_sweep(model, ds, settings, batch=4, cache=None)
+    table, summary = res.per_image(), res.summary()
+    labels = [c.label() for c in settings]
+    curve = {}
+    for trace in viz.curve_figure(summary).data:  # one trace per method, its points by GFLOPs
+        points = summary[summary["method"] == trace.name].sort_values("gflops_mean")["setting"]
+        curve.update(zip(points, trace.marker.color))
+    tokens = {t.name: t.line.color for t in viz.sweep_tokens_figure(table, labels).data if t.name}
+    classes = {t.name: t.marker.color for t in viz.class_accuracy_figure(table, labels, model.class_names).data}
+    hist = {s: viz.gflops_histogram(table, s).data[0].marker.color for s in labels}
+    assert curve == tokens == classes == hist
+    assert len(set(curve.values())) == len(labels)  # and no two settings alike
+    rgb = {s: [int(v) for v in c[4:-1].split(",")] for s, c in curve.items()}
+    assert all(max(rgb[s]) == rgb[s][0] for s in ("ats K=147", "ats K=49"))  # ATS is red at every K
+    assert sum(rgb["ats K=49"]) < sum(rgb["ats K=147"])  # the smaller budget is the deeper shade
+    line = viz.gflops_histogram(table, "ats K=49", full_gflops=0.4).layout.shapes[-1].line.color
+    assert line == curve["full"]  # the full model's mark is the full model's colour
 
 
 def test_shared_prefix_gives_what_each_setting_gives_alone(model, folder):
