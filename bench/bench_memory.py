@@ -111,7 +111,7 @@ def run_apptest(args: argparse.Namespace) -> list[float]:
     from streamlit.testing.v1 import AppTest
 
     def new_session():
-        at = AppTest.from_file(str(ROOT / "pages" / "1_Image.py"), default_timeout=600)
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600).switch_page("pages/1_Image.py")
         at.run()
         if at.exception:
             raise SystemExit(f"the Image page failed: {at.exception[0].value}")
