@@ -172,13 +172,14 @@ def curve_figure(summary: pd.DataFrame) -> go.Figure:
     for method, g in summary.groupby("method", sort=False):
         g = g.sort_values("gflops_mean")
         full = method == "full"
+        hue = "rgb({},{},{})".format(*METHOD_COLOURS.get(method, (90, 90, 90)))
         fig.add_trace(go.Scatter(
             x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
-            line=dict(color="rgb({},{},{})".format(*METHOD_COLOURS.get(method, (90, 90, 90)))),
+            line=dict(color=hue),
             marker=dict(color=[colours[s] for s in g["setting"]], size=14 if full else 9,
                         symbol="star" if full else "circle"),
             error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["top1"]) * 100,
-                         arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1),
+                         arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1, color=hue),
             customdata=np.stack([g["k"].astype("float").fillna(-1), g["ci_low"] * 100, g["ci_high"] * 100,
                                  g["tokens_final_mean"], g["images"]], axis=1),
             hovertemplate=("<b>%{fullData.name}</b>" + ("" if full else " K=%{customdata[0]:.0f}")
