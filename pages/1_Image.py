@@ -50,7 +50,6 @@ p1.markdown(f"**With {settings.config.label()}**")
 p1.dataframe(pd.DataFrame(top_ats, columns=["class", "probability"]), hide_index=True, width="stretch")
 p2.markdown("**Full model**")
 p2.dataframe(pd.DataFrame(top_full, columns=["class", "probability"]), hide_index=True, width="stretch")
-st.write(("✅ Top-1 agrees with the full model." if agree else "⚠️ Top-1 differs from the full model."))
 
 d1, d2 = st.columns(2)
 d1.download_button("Stage overlays (PNG)", viz.stage_figure_png(seen, res), file_name="ats-stages.png",
