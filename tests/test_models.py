@@ -28,6 +28,19 @@ def test_embedded_loads_offline_with_its_classes_and_preprocessing():
     assert tuned.class_names == m.class_names
 
 
+def test_the_model_cards_heldout_numbers_are_what_the_engine_gives_today():
+    """The card's numbers are what users read on the home page: an engine change that moved
+    the tokens ATS keeps on the shipped model would show here first."""
+    from ats_viz.train import heldout_metrics
+
+    m = load_model("embedded")
+    with torch.no_grad():
+        got = heldout_metrics(m.net)
+    card = m.card["heldout"]
+    assert (got["images"], got["top1_full"], got["top1_ats"]) == (card["images"], card["top1_full"], card["top1_ats"])
+    assert got["gflops_ats"] == pytest.approx(card["gflops_ats"], rel=1e-6)
+
+
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory):
     torch.manual_seed(0)
