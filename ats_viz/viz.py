@@ -18,9 +18,33 @@ import plotly.graph_objects as go
 import torch
 
 from .ats import sampling_picture
-from .vit import ATSResult, StageTrace
+from .vit import ATSResult, StageTrace, resolve
 
 KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
+# Every figure colours a setting the same way, so a reader can follow one setting from figure
+# to figure and from page to page.
+METHOD_COLOURS = {"full": (44, 160, 44), "ats": (214, 39, 40), "topk": (31, 119, 180), "random": (127, 127, 127)}
+
+
+def setting_colours(table: pd.DataFrame) -> dict[str, str]:
+    """One colour per setting of a sweep table: its method's hue, paler for a larger K."""
+    out = {}
+    for method, g in table.drop_duplicates("setting").groupby("method", sort=False):
+        settings = g.sort_values("k", ascending=False, na_position="first")["setting"].tolist()
+        base = METHOD_COLOURS.get(method, (90, 90, 90))
+        for i, setting in enumerate(settings):
+            depth = 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1)
+            out[setting] = "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
+    return out
+
+
+def run_colours(runs: dict[str, ATSResult]) -> dict[str, str]:
+    """setting_colours for runs in hand (the Image and Compare pages), keyed by their labels."""
+    rows = []
+    for label, res in runs.items():
+        depth, patches = res.token_counts.shape[1] - 1, int(res.patch_counts[0, 0])
+        rows.append((label, res.config.method, min(resolve(res.config, depth, patches).values(), default=None)))
+    return setting_colours(pd.DataFrame(rows, columns=["setting", "method", "k"]))
 
 
 def overlay(image: np.ndarray, kept: np.ndarray | torch.Tensor, grid: tuple[int, int],
@@ -107,13 +131,16 @@ def sampling_figure(stage: StageTrace, index: int = 0) -> go.Figure:
     return fig
 
 
-def tokens_figure(curves: dict[str, Sequence[float]], title: str = "Patch tokens per block") -> go.Figure:
-    """Patch tokens entering each block (and leaving the last), one line per setting."""
+def tokens_figure(runs: dict[str, ATSResult], title: str = "Patch tokens per block", index: int = 0) -> go.Figure:
+    """Patch tokens entering each block (and leaving the last) of one image, a line per run,
+    coloured as the Dataset page colours the same settings."""
+    colours = run_colours(runs)
     fig = go.Figure()
-    for name, counts in curves.items():
-        n = len(counts)
-        labels = [f"block {b}" for b in range(n - 1)] + ["out"]
-        fig.add_trace(go.Scatter(x=labels, y=list(counts), mode="lines+markers", name=name, line_shape="hv",
+    for name, res in runs.items():
+        counts = res.patch_counts[index].tolist()
+        labels = [f"block {b}" for b in range(len(counts) - 1)] + ["out"]
+        fig.add_trace(go.Scatter(x=labels, y=counts, mode="lines+markers", name=name, line_shape="hv",
+                                 line=dict(color=colours[name]),
                                  hovertemplate="%{x}: %{y} tokens<extra>" + name + "</extra>"))
     fig.update_layout(title=title, height=320, yaxis_title="patch tokens", yaxis_rangemode="tozero",
                       margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
@@ -147,23 +174,7 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
 
 
 # ---------------------------------------------------------------------------- dataset sweeps
-# The figures of evaluate.py's tables (per_image and summary). Every figure colours a setting
-# the same way, so a reader can follow one setting from the curve to the classes.
-
-METHOD_COLOURS = {"full": (44, 160, 44), "ats": (214, 39, 40), "topk": (31, 119, 180), "random": (127, 127, 127)}
-
-
-def setting_colours(table: pd.DataFrame) -> dict[str, str]:
-    """One colour per setting of a sweep table: its method's hue, paler for a larger K."""
-    out = {}
-    for method, g in table.drop_duplicates("setting").groupby("method", sort=False):
-        settings = g.sort_values("k", ascending=False, na_position="first")["setting"].tolist()
-        base = METHOD_COLOURS.get(method, (90, 90, 90))
-        for i, setting in enumerate(settings):
-            depth = 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1)
-            out[setting] = "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
-    return out
-
+# The figures of evaluate.py's tables (per_image and summary).
 
 def curve_figure(summary: pd.DataFrame) -> go.Figure:
     """Top-1 (95% CI bars) against mean GFLOPs: one line per method, the full model a star."""

@@ -38,8 +38,7 @@ with right:
     m[2].metric("Saved", f"{1 - gf / full_gf:.1%}", help=f"Full model: {full_gf:.3f} GFLOPs")
     m[3].metric("Top-1", top_ats[0][0], "same as full" if agree else f"full says {top_full[0][0]}",
                 delta_color="normal" if agree else "inverse")
-    st.plotly_chart(viz.tokens_figure({settings.config.label(): res.patch_counts[0].tolist(),
-                                       "full": full.patch_counts[0].tolist()}), width="stretch")
+    st.plotly_chart(viz.tokens_figure({settings.config.label(): res, "full": full}), width="stretch")
 
 st.subheader("Tokens kept at each stage")
 ui.show_stages(seen, res)

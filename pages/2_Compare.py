@@ -79,5 +79,5 @@ for col, label, cfg, res in zip(cols, texts, configs, results):
 labels = [r[0] for r in rows]
 st.plotly_chart(viz.compare_figure(labels, [r[1] for r in rows], [r[2] for r in rows], full.full_gflops, x_title),
                 width="stretch")
-curves = {label: res.patch_counts[0].tolist() for label, res in zip(labels, results)}
-st.plotly_chart(viz.tokens_figure(curves, "Patch tokens per block, every setting"), width="stretch")
+st.plotly_chart(viz.tokens_figure(dict(zip(labels, results)), "Patch tokens per block, every setting"),
+                width="stretch")

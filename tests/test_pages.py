@@ -1,6 +1,7 @@
 """Home, Image and Compare pages through Streamlit's AppTest: what a person reads on them."""
 
 import io
+import json
 import zlib
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz import ATSConfig, run_ats, synthetic, viz
 from ats_viz.data import read_image
 from ats_viz.models import load_model
 
@@ -184,6 +185,11 @@ def test_compare_methods_at_equal_k(monkeypatch):
     assert len(tokens) == 3
     assert tokens[1] == tokens[2] == "40 / 196"  # top-K and random keep exactly K
     assert int(tokens[0].split()[0]) <= 40  # ATS keeps at most K
+    # The token curves wear the methods' colours, as on the Dataset page.
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
+    assert {t["name"]: t["line"]["color"] for t in curves} == {
+        name: "rgb({},{},{})".format(*viz.METHOD_COLOURS[m]) for name, m in
+        (("ATS", "ats"), ("top-K", "topk"), ("random", "random"))}
     at.radio(key="compare_mode").set_value("Budgets K").run()
     at.text_input(key="compare_ladder").set_value("all, 0").run()
     assert "K must be at least 2 (got 0)" in at.error[0].value
