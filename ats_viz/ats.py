@@ -73,8 +73,9 @@ def _nearest(cdf: Tensor, points: Tensor) -> Tensor:
     right = torch.searchsorted(cdf, points).clamp(max=cdf.shape[1] - 1)
     below, above = cdf.gather(1, (right - 1).clamp(min=0)), cdf.gather(1, right)
     # In float64 the two distances of float32 values are compared without rounding, so a
-    # tie is a real tie, and a tie goes to the lower value.
-    p = points.double()
+    # tie is a real tie, and a tie goes to the lower value. (Apple's MPS has no float64:
+    # there float32 decides near ties, as the earlier K x P comparison did everywhere.)
+    p = points if points.device.type == "mps" else points.double()
     value = torch.where(p - below <= above - p, below, above)
     return torch.searchsorted(cdf, value)  # the first position holding that value
 
