@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 _EMBED_MACS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], int]]" = weakref.WeakKeyDictionary()
 
 
-def block_macs(n_in: Tensor, n_out: Tensor, dim: int, attn_dim: int, mlp_dim: int) -> Tensor:
+def block_macs(n_in: Tensor, n_out: Tensor, dim: int, attn_dim: int | Tensor, mlp_dim: int | Tensor) -> Tensor:
     """MACs of one block with n_in tokens entering and n_out leaving (n_out = n_in if no pruning)."""
     n_in, n_out = n_in.double(), n_out.double()
     return (
@@ -53,13 +53,10 @@ def head_macs(net: nn.Module) -> int:
 def gflops(net: nn.Module, token_counts: Tensor, height: int, width: int) -> Tensor:
     """Per-image GFLOPs from token counts (B x (depth + 1)): column b enters block b."""
     counts = token_counts.cpu()
-    attn_dims = [blk.attn.qkv.out_features // 3 for blk in net.blocks]
-    mlp_dims = [blk.mlp.fc1.out_features for blk in net.blocks]
-    if len(set(attn_dims)) == 1 and len(set(mlp_dims)) == 1:  # the usual case: one call for all blocks
-        per_block = block_macs(counts[:, :-1], counts[:, 1:], net.embed_dim, attn_dims[0], mlp_dims[0])
-    else:
-        per_block = torch.stack([block_macs(counts[:, b], counts[:, b + 1], net.embed_dim, a, m)
-                                 for b, (a, m) in enumerate(zip(attn_dims, mlp_dims))], dim=1)
+    # One widths entry per block (they may differ), broadcast over the batch: one call for all blocks.
+    attn_dims = torch.tensor([blk.attn.qkv.out_features // 3 for blk in net.blocks], dtype=torch.float64)
+    mlp_dims = torch.tensor([blk.mlp.fc1.out_features for blk in net.blocks], dtype=torch.float64)
+    per_block = block_macs(counts[:, :-1], counts[:, 1:], net.embed_dim, attn_dims, mlp_dims)
     fixed = embed_macs(net, height, width) + head_macs(net)
     return (per_block.sum(dim=1) + fixed) * 1e-9
 

@@ -26,15 +26,19 @@ KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
 METHOD_COLOURS = {"full": (44, 160, 44), "ats": (214, 39, 40), "topk": (31, 119, 180), "random": (127, 127, 127)}
 
 
+def method_colour(method: str, depth: float = 1.0) -> str:
+    """The method's hue as a plotly colour; a depth below 1 pales it towards white."""
+    base = METHOD_COLOURS.get(method, (90, 90, 90))
+    return "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
+
+
 def setting_colours(table: pd.DataFrame) -> dict[str, str]:
     """One colour per setting of a sweep table: its method's hue, paler for a larger K."""
     out = {}
     for method, g in table.drop_duplicates("setting").groupby("method", sort=False):
         settings = g.sort_values("k", ascending=False, na_position="first")["setting"].tolist()
-        base = METHOD_COLOURS.get(method, (90, 90, 90))
         for i, setting in enumerate(settings):
-            depth = 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1)
-            out[setting] = "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
+            out[setting] = method_colour(method, 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1))
     return out
 
 
@@ -183,7 +187,7 @@ def curve_figure(summary: pd.DataFrame) -> go.Figure:
     for method, g in summary.groupby("method", sort=False):
         g = g.sort_values("gflops_mean")
         full = method == "full"
-        hue = "rgb({},{},{})".format(*METHOD_COLOURS.get(method, (90, 90, 90)))
+        hue = method_colour(method)
         fig.add_trace(go.Scatter(
             x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
             line=dict(color=hue),
@@ -234,7 +238,7 @@ def gflops_histogram(per_image: pd.DataFrame, setting: str, full_gflops: float |
     if len(g):
         fig.add_vline(x=float(g["gflops"].mean()), line_dash="dash", annotation_text="mean")
     if full_gflops is not None:
-        fig.add_vline(x=full_gflops, line_color="rgb({},{},{})".format(*METHOD_COLOURS["full"]),
+        fig.add_vline(x=full_gflops, line_color=method_colour("full"),
                       annotation_text="full model")
     fig.update_layout(xaxis_title="GFLOPs per image", yaxis_title="images", title=setting,
                       showlegend=False, margin=dict(t=40))
