@@ -14,8 +14,9 @@ import torch
 
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.models import LoadedModel, load_model
-from ats_viz.vit import ATSResult, METHODS, resolve
+from ats_viz.methods import METHODS, get, parse_stages
+from ats_viz.models import LoadedModel, load_model, model_hash, source_stamp
+from ats_viz.vit import ATSResult, resolve
 from ats_viz import viz
 
 SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
@@ -24,11 +25,12 @@ PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":
          "pages/4_Dataset.py": ("Dataset", ":material/dataset:")}
 SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (fine-tuned with ATS)",
            "timm": "timm pretrained model", "file": "Checkpoint file"}
-METHOD_NAMES = {"ats": "ATS", "topk": "top-K", "random": "random", "full": "full (no pruning)"}
 # Settings: session-state key -> (URL query key, default). Non-widget keys hold the values so
 # they survive page switches (Streamlit forgets a widget's state on pages that do not draw it).
+# Each method's parameter has its own key (its ATSConfig field), so switching methods keeps them.
+PARAMS = {m.param.field: m.param for m in METHODS.values() if m.param is not None}
 DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
-            "method": "ats", "stages": "", "k": "all"}
+            "method": "ats", "stages": "", "k": "all", "r": "13", "keep_rate": "0.7", "fuse_token": "yes"}
 
 
 @dataclass(frozen=True)
@@ -37,46 +39,13 @@ class Settings:
     arch: str | None
     config: ATSConfig
     stages_text: str
-    k_text: str
 
 
-def parse_stages(text: str) -> tuple[int, ...] | None:
-    """'' -> the paper's default; '3-11' or '3, 5, 7' -> block indices."""
-    text = text.strip()
-    if not text or text.lower() == "default":
-        return None
-    out: list[int] = []
-    try:
-        for part in text.replace(" ", "").split(","):
-            if "-" in part[1:]:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b - a > 1000:  # checked before expanding: a URL must not exhaust memory
-                    raise InputError(f"Stages '{text}' name more blocks than any ViT has.")
-                out += range(a, b + 1)
-            elif part:
-                out.append(int(part))
-    except ValueError:
-        raise InputError(f"Stages '{text}' are not block numbers: write them like 3-11 or 3, 6, 9.") from None
-    return tuple(out)
-
-
-def parse_k(text: str) -> int | float | tuple | None:
-    """'all' -> None; '98' -> 98; '0.5' -> half the patches; '120, 100, 80' -> one per stage."""
-    text = text.strip().lower()
-    if text in ("", "all"):
-        return None
-
-    def one(s: str) -> int | float:
-        try:
-            return int(s)
-        except ValueError:
-            try:
-                return float(s)
-            except ValueError:
-                raise InputError(f"K '{s}' is not a number: write a count (98), a fraction (0.5) or 'all'.") from None
-
-    parts = [p for p in text.replace(" ", "").split(",") if p]
-    return one(parts[0]) if len(parts) == 1 else tuple(one(p) for p in parts)
+def config_from_text(method: str, stages: str, value: str, fuse: bool = True) -> ATSConfig:
+    """One setting from what a person typed; an InputError says what is wrong."""
+    m = get(method)
+    extra = {m.param.field: m.param.parse(value)} if m.param is not None else {}
+    return ATSConfig(method=method, stages=parse_stages(stages), fuse_token=fuse, **extra)
 
 
 def _init_state() -> None:
@@ -87,6 +56,8 @@ def _init_state() -> None:
         st.session_state.source = "embedded"
     if st.session_state.method not in METHODS:
         st.session_state.method = "ats"
+    if st.session_state.fuse_token not in ("yes", "no"):
+        st.session_state.fuse_token = "yes"
 
 
 def _bind(key: str) -> dict:
@@ -119,54 +90,77 @@ def sidebar() -> Settings | None:
             model, arch = st.session_state.ckpt, st.session_state.arch.strip() or None
         else:
             model = st.session_state.source
-        st.header("ATS")
-        st.selectbox("Method", list(METHODS), format_func=METHOD_NAMES.get, **_bind("method"))
-        st.text_input("Stages (blocks)", placeholder="paper default: depth/4 to last",
-                      help="Block indices that prune, from 0: '3-11' or '3, 6, 9'.", **_bind("stages"))
-        st.text_input("K (sampling budget)", help="'all' (every patch of the input), a count (98), "
-                      "a fraction (0.5) or one value per stage (120, 100, 80, ...).", **_bind("k"))
-        st.caption("GFLOPs count the blocks, patch embedding and head; ATS scoring and sampling "
-                   "(O(N log N)) are left out, as in the paper.")
+        st.header("Token reduction")
+        st.selectbox("Method", list(METHODS), format_func=lambda n: METHODS[n].label, **_bind("method"))
+        method = METHODS[st.session_state.method]
+        st.text_input("Stages (blocks)", placeholder="the method's default",
+                      help="Block indices that reduce, from 0: '3-11' or '3, 6, 9'. Empty: ATS, top-K and "
+                           "random depth/4 to the last; ToMe every block; EViT 3, 6, 9 of 12.", **_bind("stages"))
+        if method.param is not None:
+            st.text_input(f"{method.param.symbol} ({method.label})", help=method.param.help,
+                          **_bind(method.param.field))
+        if method.name == "evit":
+            st.selectbox("Dropped tokens", ["yes", "no"], format_func={"yes": "fused into one", "no": "dropped"}.get,
+                         **_bind("fuse_token"))
+        st.caption(GFLOPS_NOTE)
     st.query_params.update({k: str(st.session_state[k]) for k in DEFAULTS if st.session_state[k] != DEFAULTS[k]})
     for k in DEFAULTS:
         if st.session_state[k] == DEFAULTS[k] and k in st.query_params:
             del st.query_params[k]
+    method = st.session_state.method
     try:
-        config = ATSConfig(stages=parse_stages(st.session_state.stages), k=parse_k(st.session_state.k),
-                           method=st.session_state.method)
+        field = METHODS[method].param.field if METHODS[method].param else None
+        config = config_from_text(method, st.session_state.stages, st.session_state[field] if field else "",
+                                  st.session_state.fuse_token == "yes")
     except InputError as err:
         st.error(str(err))
         return None
-    return Settings(model, arch, config, st.session_state.stages, st.session_state.k)
+    return Settings(model, arch, config, st.session_state.stages)
 
 
-@st.cache_resource(show_spinner="Loading the model...")
-def get_model(spec: str, arch: str | None) -> LoadedModel:
-    """Loaded once per (spec, arch) for the whole server: widgets never reload it."""
+GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring and sampling (O(N log N)) "
+               "and ToMe's matching are left out, as in the papers.")
+
+
+@st.cache_resource(show_spinner="Loading the model...", max_entries=8)
+def get_model(spec: str, arch: str | None, stamp: tuple) -> LoadedModel:
+    """Loaded once per (spec, arch, file size and mtime) for the whole server: widgets never
+    reload it, and a checkpoint rewritten in place is read again."""
     return load_model(spec, arch)
+
+
+def check(loaded: LoadedModel, configs: list[ATSConfig]) -> bool:
+    """Every setting checked against the model once, before any run; False (the sentence
+    shown) if one is impossible. Runs are cached, so this is where an error can be caught."""
+    try:
+        for cfg in configs:
+            resolve(cfg, len(loaded.net.blocks), loaded.net.patch_embed.num_patches)
+    except InputError as err:
+        st.error(str(err))
+        return False
+    return True
 
 
 def model_or_error(settings: Settings) -> LoadedModel | None:
     try:
-        loaded = get_model(settings.model, settings.arch)
-        resolve(settings.config, len(loaded.net.blocks), loaded.net.patch_embed.num_patches)
-        return loaded
+        loaded = get_model(settings.model, settings.arch, source_stamp(settings.model))
     except InputError as err:
         st.error(str(err))
         return None
+    return loaded if check(loaded, [settings.config]) else None
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def run_cached(_loaded: LoadedModel, model_key: str, image_key: str, _x: torch.Tensor,
+def run_cached(_loaded: LoadedModel, weights: str, image_key: str, _x: torch.Tensor,
                config: ATSConfig) -> ATSResult:
-    """One image under one setting; keyed by model, image digest and setting."""
+    """One image under one setting; keyed by the weights' digest, the image's and the setting."""
     with torch.no_grad():
         return run_ats(_loaded.net, _x, config)
 
 
 def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
     digest = hashlib.sha1(x.numpy().tobytes()).hexdigest()
-    return run_cached(loaded, loaded.name, digest, x, config)
+    return run_cached(loaded, model_hash(loaded.net), digest, x, config)
 
 
 def image_input(key: str) -> tuple[str, bytes] | None:
@@ -212,23 +206,29 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
         for col, (title, img) in zip(cols, panels[start:start + per_row]):
             col.image(img, caption=title, width="stretch")
     blocks = [s.block for s in res.stages]
-    block = st.select_slider("Stage to inspect", options=blocks, value=blocks[-1], key=f"{key}_block",
-                             format_func=lambda b: f"block {b}")
+    if len(blocks) > 1:
+        block = st.select_slider("Stage to inspect", options=blocks, value=blocks[-1], key=f"{key}_block",
+                                 format_func=lambda b: f"block {b}")
+    else:
+        block = blocks[0]
     stage = res.stages[blocks.index(block)]
+    method = METHODS[res.config.method]
     left, right = st.columns(2)
-    left.plotly_chart(viz.score_heatmap(stage, res.grid, index), width="stretch", key=f"{key}_heat")
-    if res.config.method == "ats":
+    left.plotly_chart(viz.score_heatmap(stage, res.grid, index, method.evidence), width="stretch",
+                      key=f"{key}_heat")
+    if method.name == "ats":
         right.plotly_chart(viz.sampling_figure(stage, index), width="stretch", key=f"{key}_cdf")
     else:
-        right.caption(f"{METHOD_NAMES[res.config.method]} keeps a fixed K; the sampling picture is for ATS.")
+        right.image(viz.stage_view(image, res, stage, index), width="stretch",
+                    caption=f"Block {stage.block}: {method.about}")
 
 
 def trace_json(res: ATSResult, full: ATSResult, loaded: LoadedModel, settings: Settings, name: str) -> str:
     payload = {
         "image": name,
         "model": settings.model,
-        "settings": {"method": settings.config.method, "stages": settings.stages_text or "default",
-                     "k": settings.k_text},
+        "settings": {"method": settings.config.method, "label": settings.config.label(),
+                     "stages": settings.stages_text or "default"},
         **res.summary(0),
         "top5_ats": viz.topk(res.logits[0], loaded.class_names),
         "top5_full": viz.topk(full.logits[0], loaded.class_names),

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .methods import METHODS, REDUCERS, parse_ladder, parse_methods, parse_stages
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -51,18 +52,20 @@ def _evaluate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from .data import heldout_folder, load_dataset
-    from .evaluate import Progress, make_settings, parse_ladder, parse_methods, run_sweep, write_results
+    from .evaluate import Progress, make_settings, run_sweep, write_results
     from .models import load_model
+    from .vit import resolve
 
-    ks, methods = parse_ladder(args.k), parse_methods(args.methods)  # refuse typos before loading
+    settings = make_settings(_ladders(args), parse_stages(args.stages), seed=args.seed)  # typos refused before loading
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
     model = load_model(args.model, arch=args.arch)
+    for cfg in settings:
+        resolve(cfg, len(model.net.blocks), model.net.patch_embed.num_patches)
     data = args.data or heldout_folder()
     dataset = load_dataset(data, model.class_names, args.csv, args.subset, args.seed)
     for note in dataset.notes():
         print(note, file=sys.stderr)
-    settings = make_settings(ks, methods, seed=args.seed)
     print(f"{model.name}: {len(dataset.items)} images from {data} x {len(settings)} settings", file=sys.stderr)
     with tqdm(total=len(dataset.items) * len(settings), unit="img", desc="evaluate") as bar:
         def show(p: Progress) -> None:
@@ -80,17 +83,21 @@ def _evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
-def _k_value(text: str) -> int | float | None:
-    """--k: 'all', a count (98) or a fraction (0.5)."""
-    if text.strip().lower() == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not a count, a fraction or 'all'") from None
+def _ladders(args: argparse.Namespace) -> dict:
+    """{method: its ladder} from --methods and each method's own ladder option (--k, --r, --keep-rate)."""
+    return {name: parse_ladder(name, getattr(args, METHODS[name].param.field) or METHODS[name].param.ladder)
+            for name in parse_methods(args.methods) if METHODS[name].param is not None}
+
+
+def _method_options(p: argparse.ArgumentParser, ladder: bool) -> None:
+    """One option per method parameter, from the registry (a ladder for sweeps, a value for one run)."""
+    for param in {m.param.field: m.param for m in METHODS.values() if m.param}.values():
+        users = ", ".join(m.label for m in METHODS.values() if m.param and m.param.field == param.field)
+        what = f"the {param.symbol} ladder of {users}, comma-separated (default {param.ladder})" if ladder else \
+            f"{param.symbol} for {users}: {param.help}"
+        p.add_argument(f"--{param.field.replace('_', '-')}", dest=param.field, help=what)
+    p.add_argument("--stages", default="", help="blocks that reduce, such as 3-11 or 3,6,9 (default: each method's own)")
+    p.add_argument("--no-fuse", dest="fuse_token", action="store_false", help="EViT drops tokens instead of fusing them")
 
 
 def _writable(*files: str | None) -> None:
@@ -107,12 +114,15 @@ def _video(args: argparse.Namespace) -> None:
     from .video import DEFAULT_MAX_FRAMES, analyse_video, plan, probe, write_annotated
     from .vit import ATSConfig, resolve
 
+    param = METHODS[args.method].param
+    given = getattr(args, param.field) if param else None
+    extra = {param.field: param.parse(given)} if given is not None else {}  # else ATSConfig's default
+    config = ATSConfig(method=args.method, stages=parse_stages(args.stages), fuse_token=args.fuse_token, **extra)
     _writable(args.csv, args.out)
     max_frames = DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames
     info = probe(args.input)  # refuse a bad file before loading the model
     plan(info, args.stride, max_frames)
     model = load_model(args.model, arch=args.arch)
-    config = ATSConfig(k=args.k, method=args.method)
     resolve(config, len(model.net.blocks), model.net.patch_embed.num_patches)
     with tqdm(unit="frame", desc="video") as bar:
         def show(done: int, expected: int | None) -> None:
@@ -165,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="the timm architecture of a checkpoint file")
     p.add_argument("--data", help="an ImageFolder (or, with --csv, any folder); default: the bundled held-out set")
     p.add_argument("--csv", help="a CSV of filename,label (filenames relative to --data)")
-    p.add_argument("--k", default="196,147,98,49", help="the K ladder, comma-separated (fractions allowed)")
-    p.add_argument("--methods", default="ats,topk,random", help="comma-separated: ats, topk, random (full is always in)")
+    p.add_argument("--methods", default="ats,tome,evit,topk",
+                   help=f"comma-separated, of {', '.join(REDUCERS)} (full is always in)")
+    _method_options(p, ladder=True)
     p.add_argument("--subset", type=int, help="evaluate this many images, chosen at random (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the random baseline")
     p.add_argument("--batch", type=int, default=32)
@@ -184,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="the timm architecture of a checkpoint file")
     p.add_argument("--stride", type=int, help="process every n-th frame (default: spread --max-frames over the clip)")
     p.add_argument("--max-frames", type=int, help="process at most this many frames (default 90)")
-    p.add_argument("--k", type=_k_value, default=None, help="the sampling budget: all, a count or a fraction")
-    p.add_argument("--method", default="ats", choices=["ats", "topk", "random", "full"])
+    p.add_argument("--method", default="ats", choices=list(METHODS))
+    _method_options(p, ladder=False)
     p.set_defaults(func=_video)
 
     args = parser.parse_args(argv)

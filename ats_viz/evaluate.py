@@ -1,4 +1,4 @@
-"""Sweeps: a dataset through a ladder of ATS budgets and the baselines, with a disk cache.
+"""Sweeps: a dataset through a ladder of settings of each method, with a disk cache.
 
 Every pruning stage of every setting comes after the same unpruned first blocks, so each
 batch runs those blocks once and forks the tokens per setting (``sweep_batch``). Results are
@@ -16,11 +16,10 @@ import math
 import os
 import tempfile
 import time
-import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,9 +28,9 @@ from torch import Tensor
 
 from .data import Dataset, cache_root, read_image
 from .errors import InputError
-from .models import LoadedModel
-from .vit import METHODS, ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
-from .viz import curve_figure, curve_png
+from .models import LoadedModel, model_hash
+from .methods import METHODS, Value, get, parse_ladder
+from .vit import ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
 
 CACHE_VERSION = 1
 RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
@@ -42,54 +41,21 @@ Z95 = 1.959963984540054
 # ---------------------------------------------------------------------------- settings
 
 
-def parse_ladder(text: str | Sequence[int | float]) -> list[int | float]:
-    """A K ladder such as "196,147,98,49" (0.5: half the patches), in the order given, no repeats."""
-    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
-    parts = [p for p in parts if p != ""]
-    if not parts:
-        raise InputError("The K ladder is empty: give budgets such as 196,147,98,49.")
-    ks: list[int | float] = []
-    for p in parts:
-        k = _number(p)
-        if isinstance(k, float) and not 0 < k <= 1:
-            raise InputError(f"K = {p} is impossible: a fraction must be in (0, 1]; give whole numbers for counts.")
-        if isinstance(k, int) and k < 2:
-            raise InputError(f"K = {p} is impossible: ATS needs K of at least 2 tokens.")
-        if k not in ks:
-            ks.append(k)
-    return ks
-
-
-def _number(p: object) -> int | float:
-    if isinstance(p, (int, float)) and not isinstance(p, bool):
-        return p
-    try:
-        return float(p) if any(c in str(p) for c in ".eE") else int(str(p))
-    except ValueError:
-        raise InputError(f"'{p}' in the K ladder is not a number: give whole numbers such as "
-                         "196,147,98,49 (or fractions such as 0.5).") from None
-
-
-def parse_methods(text: str | Sequence[str]) -> list[str]:
-    """Methods such as "ats,topk,random"; "full" is always added as the reference point."""
-    names = [m.strip().lower() for m in (text.split(",") if isinstance(text, str) else text)]
-    names = [m for m in names if m]
-    bad = [m for m in names if m not in METHODS]
-    if bad:
-        raise InputError(f"Unknown method(s) {', '.join(bad)}: choose from {', '.join(METHODS)}.")
-    if not names:
-        raise InputError(f"Give at least one method ({', '.join(METHODS)}).")
-    return list(dict.fromkeys(names))
-
-
-def make_settings(ks: Sequence[int | float], methods: Sequence[str] = ("ats", "topk", "random"),
-                  stages: tuple[int, ...] | None = None, seed: int = 0) -> list[ATSConfig]:
-    """The full model, then every pruning method at every K of the ladder (matching budgets)."""
+def make_settings(ladders: Mapping[str, Sequence[Value]], stages: tuple[int, ...] | None = None,
+                  seed: int = 0) -> list[ATSConfig]:
+    """The full model, then every method at every value of its ladder ({method: values},
+    values as ``methods.parse_ladder`` gives them). ``stages`` None: each method's own blocks."""
     settings = [ATSConfig(method="full")]
-    for method in methods:
-        if method != "full":
-            settings += [ATSConfig(stages=stages, k=k, method=method, seed=seed) for k in ks]
+    for name, values in ladders.items():
+        param = get(name).param
+        if param is not None:
+            settings += [ATSConfig(method=name, stages=stages, seed=seed, **{param.field: v}) for v in values]
     return settings
+
+
+def default_ladders(names: Sequence[str]) -> dict[str, list[Value]]:
+    """Each method's default ladder: together they span about the same GFLOPs."""
+    return {n: parse_ladder(n, get(n).param.ladder) for n in names if get(n).param is not None}
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -176,7 +142,7 @@ class SweepResult:
                 "target": target,
                 "setting": cfg.label(),
                 "method": cfg.method,
-                "k": _k_of(cfg, self.depth, int(tokens[0, 0])),
+                "value": _value_of(cfg, self.depth, int(tokens[0, 0])),
                 "pred": run.pred,
                 "pred_name": [names[p] if p < len(names) else str(p) for p in run.pred],
                 "correct": np.asarray(run.pred) == np.asarray(target),
@@ -188,11 +154,9 @@ class SweepResult:
             frame["tokens_final"] = tokens[:, self.depth]
             frames.append(frame)
         if not frames:
-            return pd.DataFrame(columns=["image", "label", "target", "setting", "method", "k", "pred",
+            return pd.DataFrame(columns=["image", "label", "target", "setting", "method", "value", "pred",
                                          "pred_name", "correct", "confidence", "gflops", "tokens_final"])
-        out = pd.concat(frames, ignore_index=True)
-        out["k"] = out["k"].astype("Int64")
-        return out
+        return pd.concat(frames, ignore_index=True)
 
     def summary(self) -> pd.DataFrame:
         return summarize(self.per_image(), self.full_gflops)
@@ -205,15 +169,13 @@ def summarize(per_image: pd.DataFrame, full_gflops: float) -> pd.DataFrame:
         n, hits = len(g), int(g["correct"].sum())
         lo, hi = wilson(hits, n)
         rows.append({
-            "setting": setting, "method": g["method"].iloc[0], "k": g["k"].iloc[0], "images": n,
+            "setting": setting, "method": g["method"].iloc[0], "value": g["value"].iloc[0], "images": n,
             "correct": hits, "top1": hits / n if n else float("nan"), "ci_low": lo, "ci_high": hi,
             "gflops_mean": float(g["gflops"].mean()), "gflops_saved": 1 - float(g["gflops"].mean()) / full_gflops,
             "tokens_final_mean": float(g["tokens_final"].mean()),
         })
-    out = pd.DataFrame(rows, columns=["setting", "method", "k", "images", "correct", "top1", "ci_low",
+    return pd.DataFrame(rows, columns=["setting", "method", "value", "images", "correct", "top1", "ci_low",
                                       "ci_high", "gflops_mean", "gflops_saved", "tokens_final_mean"])
-    out["k"] = out["k"].astype("Int64")
-    return out
 
 
 def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -227,36 +189,20 @@ def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     return (0.0 if hits == 0 else centre - half), (1.0 if hits == n else centre + half)
 
 
-def _k_of(cfg: ATSConfig, depth: int, num_patches: int) -> int | None:
-    """The budget as one number when every stage shares it (None for full or per-stage K)."""
-    ks = set(resolve(cfg, depth, num_patches).values())
-    return ks.pop() if len(ks) == 1 else None
-
-
-_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
-
-
-def model_hash(net: torch.nn.Module) -> str:
-    """A digest of the weights; recomputed only when a tensor was replaced or changed in place."""
-    sd = net.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
-    hit = _HASHES.get(net)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
-    h = hashlib.blake2b(type(net).__name__.encode(), digest_size=16)
-    for k, v in sorted(sd.items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest = h.hexdigest()
-    _HASHES[net] = (stamp, digest)
-    return digest
+def _value_of(cfg: ATSConfig, depth: int, num_patches: int) -> float:
+    """The method's number (K, r, keep rate) when every stage shares it; NaN for the full
+    model or one value per stage."""
+    values = set(resolve(cfg, depth, num_patches).values())
+    return float(values.pop()) if len(values) == 1 else math.nan
 
 
 def _setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
     plan = resolve(cfg, depth, num_patches)
-    return {"method": cfg.method, "plan": {str(b): k for b, k in sorted(plan.items())},
-            "seed": cfg.seed if cfg.method == "random" else 0}
+    key = {"method": cfg.method, "plan": {str(b): k for b, k in sorted(plan.items())},
+           "seed": cfg.seed if cfg.method == "random" else 0}
+    if cfg.method == "evit":
+        key["fuse_token"] = cfg.fuse_token
+    return key
 
 
 class _Cache:
@@ -415,8 +361,21 @@ def _full_gflops(model: LoadedModel) -> float:
 # ---------------------------------------------------------------------------- result folders
 
 
+def _setting_doc(cfg: ATSConfig) -> dict:
+    doc = {"label": cfg.label(), "method": cfg.method,
+           "stages": None if cfg.stages is None else list(cfg.stages), "seed": cfg.seed}
+    param = METHODS[cfg.method].param
+    if param is not None:
+        value = getattr(cfg, param.field)
+        doc[param.field] = list(value) if isinstance(value, tuple) else value
+    if cfg.method == "evit":
+        doc["fuse_token"] = cfg.fuse_token
+    return doc
+
+
 def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
+    from .viz import curve_figure, curve_png  # drawing only here: a sweep itself needs no plotting
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()
@@ -438,9 +397,7 @@ def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
         "class_names": result.dataset.class_names,
         "full_gflops": result.full_gflops,
         "depth": result.depth,
-        "settings": [{"label": c.label(), "method": c.method, "k": c.k,
-                      "stages": None if c.stages is None else list(c.stages), "seed": c.seed}
-                     for c in result.settings],
+        "settings": [_setting_doc(c) for c in result.settings],
         "files": list(RESULT_FILES),
     }
     paths[MANIFEST].write_text(json.dumps(manifest, indent=2))
@@ -465,8 +422,9 @@ def load_results(folder: Path | str) -> SavedSweep:
                          "Make one with 'python -m ats_viz evaluate --out FOLDER'.")
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
-        per_image = pd.read_csv(folder / "per_image.csv", dtype={"k": "Int64"})
-        summary = pd.read_csv(folder / "summary.csv", dtype={"k": "Int64"})
+        # Folders from before ToMe and EViT name the parameter column "k".
+        per_image = pd.read_csv(folder / "per_image.csv").rename(columns={"k": "value"})
+        summary = pd.read_csv(folder / "summary.csv").rename(columns={"k": "value"})
     except (ValueError, OSError) as err:
         raise InputError(f"The results in '{folder}' could not be read ({str(err)[:120]}). Run the sweep again.") from None
     return SavedSweep(per_image, summary, manifest)

@@ -1,8 +1,8 @@
-"""GFLOPs from token counts, in the paper's convention (ATS-SPEC.md, "GFLOPs").
+"""GFLOPs from token counts, in the paper's convention (docs/algorithm.md, "GFLOPs").
 
 GFLOPs here are multiply-accumulates x 1e-9, counting every matrix product of the blocks
 (q k^T and A v included), the patch embedding and the head. Norms, softmax, the ATS
-scoring and sampling (O(N log N)) are left out, as in DeiT and the paper.
+scoring and sampling (O(N log N)) and ToMe's matching are left out, as in DeiT and the papers.
 """
 
 from __future__ import annotations
@@ -16,14 +16,21 @@ from torch.utils.flop_counter import FlopCounterMode
 _EMBED_MACS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, int], int]]" = weakref.WeakKeyDictionary()
 
 
-def block_macs(n_in: Tensor, n_out: Tensor, dim: int, attn_dim: int | Tensor, mlp_dim: int | Tensor) -> Tensor:
-    """MACs of one block with n_in tokens entering and n_out leaving (n_out = n_in if no pruning)."""
+def block_macs(n_in: Tensor, n_out: Tensor, dim: int, attn_dim: int | Tensor, mlp_dim: int | Tensor,
+               after_attention: bool = False) -> Tensor:
+    """MACs of one block with n_in tokens entering and n_out leaving (n_out = n_in if no reduction).
+
+    ATS and its baselines drop query rows inside the attention, so A v and the projection see
+    the kept tokens; ToMe and EViT reduce after the attention (``after_attention``), so only
+    the MLP sees fewer.
+    """
     n_in, n_out = n_in.double(), n_out.double()
+    n_rows = n_in if after_attention else n_out
     return (
         3 * n_in * dim * attn_dim  # qkv
         + n_in * n_in * attn_dim  # q k^T
-        + n_out * n_in * attn_dim  # A v, the kept rows only
-        + n_out * attn_dim * dim  # proj
+        + n_rows * n_in * attn_dim  # A v
+        + n_rows * attn_dim * dim  # proj
         + 2 * n_out * dim * mlp_dim  # MLP
     )
 
@@ -50,13 +57,14 @@ def head_macs(net: nn.Module) -> int:
     return sum(h.in_features * h.out_features for h in heads if isinstance(h, nn.Linear))
 
 
-def gflops(net: nn.Module, token_counts: Tensor, height: int, width: int) -> Tensor:
-    """Per-image GFLOPs from token counts (B x (depth + 1)): column b enters block b."""
+def gflops(net: nn.Module, token_counts: Tensor, height: int, width: int, after_attention: bool = False) -> Tensor:
+    """Per-image GFLOPs from token counts (B x (depth + 1)): column b enters block b.
+    ``after_attention``: the blocks reduce after their attention (ToMe, EViT; see block_macs)."""
     counts = token_counts.cpu()
     # One widths entry per block (they may differ), broadcast over the batch: one call for all blocks.
     attn_dims = torch.tensor([blk.attn.qkv.out_features // 3 for blk in net.blocks], dtype=torch.float64)
     mlp_dims = torch.tensor([blk.mlp.fc1.out_features for blk in net.blocks], dtype=torch.float64)
-    per_block = block_macs(counts[:, :-1], counts[:, 1:], net.embed_dim, attn_dims, mlp_dims)
+    per_block = block_macs(counts[:, :-1], counts[:, 1:], net.embed_dim, attn_dims, mlp_dims, after_attention)
     fixed = embed_macs(net, height, width) + head_macs(net)
     return (per_block.sum(dim=1) + fixed) * 1e-9
 

@@ -6,7 +6,9 @@ Nothing a user gives is unpickled: checkpoint files are read as safetensors or w
 
 from __future__ import annotations
 
+import hashlib
 import json
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -163,3 +165,34 @@ def load_model(spec: str, arch: str | None = None, pretrained_file: str | None =
     if spec.startswith("timm:"):
         return _load_timm(spec[5:].strip(), pretrained_file)
     return _load_file(Path(spec).expanduser(), arch)
+
+
+def source_stamp(spec: str) -> tuple:
+    """What identifies a model spec's source on disk: a checkpoint's resolved path, size and
+    modification time, so two files of one name, or a file rewritten in place, are told apart."""
+    path = Path(spec.strip()).expanduser()
+    if spec.strip() in EMBEDDED or spec.strip().startswith("timm:") or not path.is_file():
+        return (spec.strip(),)
+    st = path.stat()
+    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+_HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
+
+
+def model_hash(net: torch.nn.Module) -> str:
+    """A digest of the weights (what results are cached by); recomputed only when a tensor
+    was replaced or changed in place."""
+    sd = net.state_dict()
+    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
+    hit = _HASHES.get(net)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    h = hashlib.blake2b(type(net).__name__.encode(), digest_size=16)
+    for k, v in sorted(sd.items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    _HASHES[net] = (stamp, digest)
+    return digest

@@ -1,40 +1,45 @@
-"""ATS plugged into timm's VisionTransformer, without forking timm.
+"""Token reduction plugged into timm's VisionTransformer, without forking timm.
 
 ``run_ats`` walks the model's own modules block by block (same weights, same order of
-operations as timm), and at each ATS stage scores the patch tokens, picks the survivors and
-carries only them on. A batch is padded to its largest token set and the padded keys are
-masked, so every image keeps exactly what it would keep alone. ``patch_vit`` swaps the
-model's class (as ToMe does) so that ``net(images)`` returns the ATS logits.
+operations as timm). At each stage of ATS (or top-K, random) it scores the patch tokens,
+picks the survivors and carries only them on; a batch is padded to its largest token set and
+the padded keys are masked, so every image keeps exactly what it would keep alone. ToMe and
+EViT reduce after the attention residual instead (``merge.py``), the same count per image.
+``patch_vit`` swaps the model's class (as ToMe does) so that ``net(images)`` returns the
+reduced model's logits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from . import ats
+from . import ats, merge
 from .errors import InputError
 from .flops import full_gflops, gflops
+from .methods import METHODS, Value, format_value, get
 
-METHODS = ("ats", "topk", "random", "full")
-MAX_K_FACTOR = 16  # K above this many times the patch count is refused
-Budget = Union[None, int, float, Sequence[Union[int, float]]]
+Budget = Value
 
 
 @dataclass(frozen=True)
 class ATSConfig:
-    """Where and how to prune.
+    """Where and how to reduce tokens: one setting of one method (see ``methods.METHODS``).
 
-    stages: block indices (0-based) that prune; None means the paper's (depth // 4 to the end).
-    k: the sampling budget per stage: None (all patch tokens of the input), an int, a float
-       fraction of the input's patch tokens, or one such value per stage.
-    method: "ats", "topk", "random" or "full" (no pruning).
+    method: "ats", "topk", "random", "tome", "evit" or "full" (no reduction).
+    stages: the blocks (0-based) that reduce; None means the method's own default (ATS and its
+       baselines: depth // 4 to the end; ToMe: every block; EViT: blocks 3, 6, 9 of 12).
+    k: ATS, top-K and random's budget per stage: None (all patch tokens of the input), an int,
+       a float fraction of the input's patch tokens, or one such value per stage.
+    r: ToMe's tokens merged per block: an int, one per stage, a per-block list, or ToMe's
+       (r, inflection) schedule with a float inflection.
+    keep_rate: EViT's fraction of the patch tokens kept at each stage (or one per stage).
+    fuse_token: EViT fuses the tokens it drops into one (EViT's default) or drops them.
     seed: the seed of the "random" baseline.
     """
 
@@ -42,60 +47,103 @@ class ATSConfig:
     k: Budget = None
     method: str = "ats"
     seed: int = 0
+    r: Value = 13
+    keep_rate: Value = 0.7
+    fuse_token: bool = True
 
     def label(self) -> str:
         """A short human name, for legends and tables."""
-        if self.method == "full":
-            return "full"
-        k = "all" if self.k is None else self.k
-        return f"{self.method} K={k}"
+        m = get(self.method)
+        if m.param is None:
+            return self.method
+        label = f"{self.method} {m.param.symbol}={format_value(m.value(self))}"
+        return label + (" unfused" if self.method == "evit" and not self.fuse_token else "")
 
 
 @dataclass
 class StageTrace:
-    """What one ATS stage saw and did.
+    """What one reducing block saw and did, per entering patch token (prefix tokens excluded).
 
-    The run records each entering token's place on the original patch grid and what the
-    stage did to it; the grid views (``present_mask``, ``scores``, ``kept_mask``) are built
-    on first use, so a run whose traces nobody looks at does not pay for them.
+    Each stage records where its entering tokens went (``dest``); the grid views (which
+    original patches each token holds, their scores, what was kept or merged) are composed
+    from the stages before on first use, so a run whose traces nobody looks at does not pay.
     """
 
     block: int
-    k: int  # the budget this stage sampled with
-    pos: Tensor  # B x n long: original grid index (row-major) of each token entering the stage
+    k: int | float  # the stage's number: K for ATS, top-K and random, r for ToMe, keep rate for EViT
     present: Tensor  # B x n bool: False for padding
-    token_scores: Tensor  # B x n: significance of each entering token, summing to 1 per image
-    kept: Tensor  # B x n bool: the tokens that leave the stage
+    token_scores: Tensor  # B x n: the method's evidence (ATS: significance summing to 1 per image)
+    kept: Tensor  # B x n bool: entering tokens that leave as themselves
+    dest: Tensor | None  # B x n long: the leaving token each entering one went into (-1: dropped); None: the kept, in order
     num_patches: int  # of the original grid
+    prev: StageTrace | None = None  # the stage before, whose leaving tokens enter this one
+    start: Tensor | None = None  # owner_in given outright (a stage taken out of its run)
+
+    @cached_property
+    def destination(self) -> Tensor:
+        if self.dest is not None:
+            return self.dest
+        # Pruning keeps tokens in order: a kept token's new index is the number kept before it.
+        return torch.where(self.kept, self.kept.long().cumsum(dim=1) - 1, -1)
+
+    @cached_property
+    def owner_in(self) -> Tensor:
+        """B x P long over the original grid: the entering token holding each patch (-1: gone)."""
+        if self.start is not None:
+            return self.start
+        if self.prev is not None:
+            return self.prev.owner_out
+        b = self.present.shape[0]
+        return torch.arange(self.num_patches, device=self.present.device).expand(b, self.num_patches)
+
+    @cached_property
+    def owner_out(self) -> Tensor:
+        """B x P long over the original grid: the leaving token holding each patch (-1: gone)."""
+        owner = self.owner_in
+        return torch.where(owner >= 0, self.destination.gather(1, owner.clamp(min=0)), -1)
 
     def _on_grid(self, values: Tensor) -> Tensor:
-        values = values.detach().masked_fill(~self.present, 0)
-        grid = values.new_zeros(values.shape[0], self.num_patches)
-        return grid.scatter(1, self.pos, values).cpu()
+        owner = self.owner_in
+        on = values.detach().gather(1, owner.clamp(min=0))
+        return torch.where(owner >= 0, on, torch.zeros_like(on)).cpu()
 
     @cached_property
     def present_mask(self) -> Tensor:
-        """B x P bool over the original grid: patch tokens entering the stage."""
-        return self._on_grid(self.present)
+        """B x P bool over the original grid: patches held by a token entering the stage."""
+        return (self.owner_in >= 0).cpu()
 
     @cached_property
     def scores(self) -> Tensor:
-        """B x P over the original grid: significance of the entering tokens (0 where absent)."""
+        """B x P over the original grid: the evidence of the token holding each patch (0 where gone)."""
         return self._on_grid(self.token_scores)
 
     @cached_property
     def kept_mask(self) -> Tensor:
-        """B x P bool over the original grid: patch tokens still present after the stage."""
-        return self._on_grid(self.kept)
+        """B x P bool over the original grid: patches whose token leaves the stage as itself."""
+        return self._on_grid(self.kept & self.present)
+
+    @cached_property
+    def merged_mask(self) -> Tensor:
+        """B x P bool: patches whose token merged into another here (ToMe) or fused (EViT)."""
+        return (self.owner_out >= 0).cpu() & ~self.kept_mask
+
+    @cached_property
+    def groups(self) -> Tensor:
+        """B x P long over the original grid: the leaving token holding each patch (-1: dropped)."""
+        return self.owner_out.cpu()
 
     @property
     def tokens_out(self) -> Tensor:
-        return self.kept.sum(dim=1).cpu()
+        """B: patch tokens leaving the stage."""
+        return (self.destination.max(dim=1).values + 1).clamp(min=0).cpu()
 
     def take(self, index: int) -> StageTrace:
         """Image ``index`` alone (copied, so the batch can be freed)."""
-        one = [t[index:index + 1].clone() for t in (self.pos, self.present, self.token_scores, self.kept)]
-        return StageTrace(self.block, self.k, *one, self.num_patches)
+        def one(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index:index + 1].clone()
+
+        return StageTrace(self.block, self.k, one(self.present), one(self.token_scores), one(self.kept),
+                          one(self.dest), self.num_patches, None, one(self.owner_in))
 
 
 @dataclass
@@ -104,7 +152,7 @@ class ATSResult:
 
     logits: Tensor  # B x classes
     gflops: Tensor  # B, float64: each image's own GFLOPs
-    full_gflops: float  # the same model with no pruning
+    full_gflops: float  # the same model with no reduction
     token_counts: Tensor  # B x (depth + 1): tokens (prefix included) entering each block, then leaving the last
     num_prefix: int  # class, distillation and register tokens (always kept)
     grid: tuple[int, int]  # the patch grid (rows, columns)
@@ -126,10 +174,11 @@ class ATSResult:
             "stages": [
                 {
                     "block": s.block,
-                    "k": s.k,
-                    "tokens_in": int(s.present_mask[index].sum()),
-                    "tokens_out": int(s.kept_mask[index].sum()),
+                    METHODS[self.config.method].param.field: s.k,
+                    "tokens_in": int(self.patch_counts[index, s.block]),
+                    "tokens_out": int(s.tokens_out[index]),
                     "kept": torch.nonzero(s.kept_mask[index]).flatten().tolist(),
+                    "groups": s.groups[index].tolist(),
                     "scores": [round(float(v), 6) for v in s.scores[index]],
                 }
                 for s in self.stages
@@ -141,7 +190,7 @@ class ATSResult:
 
 
 def check_vit(net: nn.Module) -> None:
-    """Refuse, with a sentence, models that ATS cannot run on."""
+    """Refuse, with a sentence, models that the engine cannot run."""
     if not isinstance(net, VisionTransformer):
         raise InputError(
             f"ATS needs a timm VisionTransformer; got {type(net).__name__}. "
@@ -159,48 +208,10 @@ def check_vit(net: nn.Module) -> None:
             raise InputError(f"Block {i} is a {type(blk).__name__}; ATS supports timm's standard Block.")
 
 
-def default_stages(depth: int) -> tuple[int, ...]:
-    """The paper's stages, blocks 3 to 11 of 12, scaled to other depths."""
-    return tuple(range(depth // 4, depth))
-
-
-def resolve(config: ATSConfig, depth: int, num_patches: int) -> dict[int, int]:
-    """The pruning plan {block: K} for a model of this depth and an input of num_patches."""
-    if config.method not in METHODS:
-        raise InputError(f"Unknown method '{config.method}': choose one of {', '.join(METHODS)}.")
-    if config.method == "full":
-        return {}
-    stages = default_stages(depth) if config.stages is None else tuple(config.stages)
-    for s in stages:
-        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < depth:
-            raise InputError(f"Stage {s!r} is outside this model: its blocks are 0 to {depth - 1}.")
-    if len(set(stages)) != len(stages):
-        raise InputError(f"Stages {list(stages)} name a block twice.")
-    ks = config.k if isinstance(config.k, (list, tuple)) else [config.k] * len(stages)
-    if len(ks) != len(stages):
-        raise InputError(f"K gives {len(ks)} values but there are {len(stages)} stages: give one per stage.")
-    return {s: _budget(k, num_patches) for s, k in zip(sorted(stages), ks)}
-
-
-def _budget(k: int | float | None, num_patches: int) -> int:
-    if k is None:
-        return num_patches
-    if isinstance(k, bool) or not isinstance(k, (int, float)):
-        raise InputError(f"K must be a whole number or a fraction, not {k!r}.")
-    if isinstance(k, float):
-        if not 0 < k <= 1:
-            raise InputError(f"K as a fraction must be in (0, 1]; got {k}. Give a whole number for a count.")
-        value = round(k * num_patches)
-        if value < 2:
-            raise InputError(f"K = {k} of {num_patches} patches is {value} tokens; K must be at least 2.")
-        return value
-    if k < 2:
-        raise InputError(f"K must be at least 2 (got {k}).")
-    if k > MAX_K_FACTOR * num_patches:
-        # More points than a few per token pick nothing new, and would only cost memory.
-        raise InputError(f"K = {k} is more than {MAX_K_FACTOR} times the {num_patches} patch tokens; "
-                         f"give at most {MAX_K_FACTOR * num_patches}.")
-    return k
+def resolve(config: ATSConfig, depth: int, num_patches: int) -> dict[int, int | float]:
+    """The plan {block: the stage's number} for a model of this depth and an input of
+    num_patches; the one place a setting is checked (it raises InputError with a sentence)."""
+    return get(config.method).plan(config, depth, num_patches)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -211,8 +222,9 @@ class TokenState:
     """Tokens between blocks: prefix tokens first, then each image's patch tokens, padded."""
 
     x: Tensor  # B x (prefix + P) x D
-    pos: Tensor  # B x P long: each patch token's index on the original grid
+    pos: Tensor  # B x P long: each patch token's index on the original grid (pruning methods)
     valid: Tensor  # B x P bool: False for padding
+    size: Tensor | None  # B x (prefix + P) x 1: patches each token holds (ToMe), None until merging
     counts: list[Tensor]  # token counts entering each block so far (B each)
     stages: list[StageTrace]
     next_block: int
@@ -232,7 +244,7 @@ def embed(net: VisionTransformer, images: Tensor) -> TokenState:
     pos = torch.arange(p, device=x.device).expand(b, p)
     valid = torch.ones(b, p, dtype=torch.bool, device=x.device)
     counts = [torch.full((b,), n, dtype=torch.long)]
-    return TokenState(x, pos, valid, counts, [], 0, p, grid, tuple(images.shape[-2:]))
+    return TokenState(x, pos, valid, None, counts, [], 0, p, grid, tuple(images.shape[-2:]))
 
 
 def _select(method: str, scores: Tensor, state: TokenState, k: int, seed: int, block: int) -> Tensor:
@@ -251,8 +263,18 @@ def _cls_attention(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> T
     return logits.softmax(dim=-1)[:, :, 0]
 
 
-def _block(net: VisionTransformer, blk: Block, state: TokenState, prune: tuple[str, int, int] | None) -> None:
-    """One block, timm's operations in timm's order; with ``prune``, an ATS stage."""
+def _reduce_tokens(config: ATSConfig, value: int | float, x: Tensor, q: Tensor, k: Tensor,
+                   state: TokenState, scale: float, npre: int) -> merge.Reduced:
+    """ToMe or EViT on the tokens after the attention residual."""
+    if config.method == "tome":
+        return merge.tome_merge(x, k.mean(dim=1), state.size, int(value), npre)
+    with torch.no_grad():
+        cls_attn = _cls_attention(q, k, None, scale)[:, :, npre:].mean(dim=1)
+    return merge.evit_keep(x, cls_attn, float(value), npre, config.fuse_token)
+
+
+def _block(net: VisionTransformer, blk: Block, state: TokenState, step: tuple[ATSConfig, int | float] | None) -> None:
+    """One block, timm's operations in timm's order; with ``step``, a reducing stage."""
     attn = blk.attn
     x, npre = state.x, net.num_prefix_tokens
     b, n, _ = x.shape
@@ -264,16 +286,18 @@ def _block(net: VisionTransformer, blk: Block, state: TokenState, prune: tuple[s
     if not bool(state.valid.all()):
         keys = torch.cat([state.valid.new_ones(b, npre), state.valid], dim=1)
         mask = keys[:, None, None, :]
+    block = len(state.counts) - 1
+    where = METHODS[step[0].method].where if step is not None else ""
+    prev = state.stages[-1] if state.stages else None
 
-    if prune is not None:
-        method, budget, seed = prune
+    if where == "queries":
+        config, budget = step
         with torch.no_grad():
             cls_attn = _cls_attention(q, k, mask, attn.scale)[:, :, npre:]
             # Values as B x P x H x head_dim: the norm spans all heads without concatenating them.
             scores = ats.significance_scores(cls_attn.float(), v[:, :, npre:].transpose(1, 2).float(), state.valid)
-            kept = _select(method, scores, state, budget, seed, len(state.counts) - 1)
-        state.stages.append(StageTrace(len(state.counts) - 1, budget, state.pos, state.valid, scores, kept,
-                                       state.num_patches))
+            kept = _select(config.method, scores, state, budget, config.seed, block)
+        state.stages.append(StageTrace(block, budget, state.valid, scores, kept, None, state.num_patches, prev))
         # Kept tokens first (stable, so they stay in grid order), padded to the batch's largest set.
         n_kept = kept.sum(dim=1)
         width = int(n_kept.max())
@@ -286,31 +310,46 @@ def _block(net: VisionTransformer, blk: Block, state: TokenState, prune: tuple[s
         state.pos = state.pos[batch, order]
         state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
 
+    if state.size is not None:
+        # ToMe's proportional attention: a token holding s patches counts as s keys.
+        bias = state.size.log()[:, None, None, :, 0]
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     out = F.scaled_dot_product_attention(
         q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0
     )
     out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, q.shape[2], -1))))
     x = x + blk.drop_path1(blk.ls1(out))
+
+    if where == "tokens":
+        config, value = step
+        red = _reduce_tokens(config, value, x, q, k, state, attn.scale, npre)
+        state.stages.append(StageTrace(block, value, state.valid, red.scores, red.kept, red.dest,
+                                       state.num_patches, prev))
+        x, state.size = red.x, red.size
+        p = x.shape[1] - npre
+        state.valid = state.valid.new_ones(b, p)
+        state.pos = torch.arange(p, device=x.device).expand(b, p)  # not grid positions: merged tokens hold several
+        n_kept = state.valid.sum(dim=1)
+
     x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     state.x = x
-    # Counts change only where a stage prunes; elsewhere the previous tensor is reused.
-    state.counts.append(n_kept.cpu() + npre if prune is not None else state.counts[-1])
+    # Counts change only where a stage reduces; elsewhere the previous tensor is reused.
+    state.counts.append(n_kept.cpu() + npre if where else state.counts[-1])
 
 
 def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, stop: int | None = None) -> TokenState:
-    """Run blocks from ``state.next_block`` up to ``stop`` (default: all), pruning per ``config``."""
+    """Run blocks from ``state.next_block`` up to ``stop`` (default: all), reducing per ``config``."""
     plan = resolve(config, len(net.blocks), state.num_patches)
     stop = len(net.blocks) if stop is None else stop
     for i in range(state.next_block, stop):
-        prune = (config.method, plan[i], config.seed) if i in plan else None
-        _block(net, net.blocks[i], state, prune)
+        _block(net, net.blocks[i], state, (config, plan[i]) if i in plan else None)
     state.next_block = stop
     return state
 
 
 def fork(state: TokenState) -> TokenState:
     """A copy to branch from: later blocks change the copy, never the original."""
-    return TokenState(state.x, state.pos, state.valid, list(state.counts), list(state.stages),
+    return TokenState(state.x, state.pos, state.valid, state.size, list(state.counts), list(state.stages),
                       state.next_block, state.num_patches, state.grid, state.image_hw)
 
 
@@ -327,7 +366,7 @@ def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSR
     h, w_ = state.image_hw
     return ATSResult(
         logits=logits,
-        gflops=gflops(net, counts, h, w_),
+        gflops=gflops(net, counts, h, w_, after_attention=METHODS[config.method].where == "tokens"),
         full_gflops=full_gflops(net, int(counts[0, 0]), h, w_),
         token_counts=counts,
         num_prefix=net.num_prefix_tokens,
@@ -338,14 +377,14 @@ def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSR
 
 
 def run_ats(net: VisionTransformer, images: Tensor, config: ATSConfig | None = None) -> ATSResult:
-    """Run a batch (B x 3 x H x W, normalised) with ATS; config defaults to the patched one."""
+    """Run a batch (B x 3 x H x W, normalised) under ``config`` (default: the patched one)."""
     config = config or getattr(net, "ats_config", None) or ATSConfig(method="full")
     state = embed(net, images)
     return finish(net, run_blocks(net, state, config), config)
 
 
 class _ATSForward:
-    """Mixed into a patched model's class: ``net(images)`` gives the ATS logits alone."""
+    """Mixed into a patched model's class: ``net(images)`` gives the reduced model's logits alone."""
 
     ats_config: ATSConfig
 
@@ -357,7 +396,7 @@ _PATCHED: dict[type, type] = {}
 
 
 def patch_vit(net: VisionTransformer, config: ATSConfig) -> VisionTransformer:
-    """Make ``net`` run with ATS under ``config``; call again to change the config."""
+    """Make ``net`` run under ``config``; call again to change the config."""
     check_vit(net)
     resolve(config, len(net.blocks), net.patch_embed.num_patches)
     if not isinstance(net, _ATSForward):

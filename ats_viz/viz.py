@@ -18,63 +18,105 @@ import plotly.graph_objects as go
 import torch
 
 from .ats import sampling_picture
-from .vit import ATSResult, StageTrace, resolve
+from .methods import METHODS
+from .vit import ATSResult, StageTrace
 
 KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
-# Every figure colours a setting the same way, so a reader can follow one setting from figure
-# to figure and from page to page.
-METHOD_COLOURS = {"full": (44, 160, 44), "ats": (214, 39, 40), "topk": (31, 119, 180), "random": (127, 127, 127)}
+FUSED = (0, 200, 255)  # outline of patches fused into EViT's extra token (cyan: apart from amber)
+OTHER = (90, 90, 90)  # a method the registry does not know (a saved table from elsewhere)
+
+
+def method_rgb(method: str) -> tuple[int, int, int]:
+    """Every figure colours a method the same way (the registry's colour), page to page."""
+    m = METHODS.get(method)
+    return m.colour if m else OTHER
+
+
+def method_label(method: str) -> str:
+    m = METHODS.get(method)
+    return m.label if m else method
 
 
 def method_colour(method: str, depth: float = 1.0) -> str:
     """The method's hue as a plotly colour; a depth below 1 pales it towards white."""
-    base = METHOD_COLOURS.get(method, (90, 90, 90))
-    return "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in base))
+    return "rgb({},{},{})".format(*(round(255 - (255 - c) * depth) for c in method_rgb(method)))
 
 
 def setting_colours(table: pd.DataFrame) -> dict[str, str]:
-    """One colour per setting of a sweep table: its method's hue, paler for a larger K."""
+    """One colour per setting of a sweep table (per image or summary): its method's hue,
+    paler for a costlier setting, so one method's ladder reads from dark (cheap) to pale."""
+    cost = table.groupby("setting", sort=False)["gflops_mean" if "gflops_mean" in table else "gflops"].mean()
+    methods = table.drop_duplicates("setting").set_index("setting")["method"]
     out = {}
-    for method, g in table.drop_duplicates("setting").groupby("method", sort=False):
-        settings = g.sort_values("k", ascending=False, na_position="first")["setting"].tolist()
-        for i, setting in enumerate(settings):
-            out[setting] = method_colour(method, 1.0 if len(settings) == 1 else 0.4 + 0.6 * i / (len(settings) - 1))
+    for method, settings in methods.groupby(methods, sort=False):
+        ranked = cost[settings.index].sort_values(ascending=False).index.tolist()
+        for i, setting in enumerate(ranked):
+            out[setting] = method_colour(method, 1.0 if len(ranked) == 1 else 0.4 + 0.6 * i / (len(ranked) - 1))
     return out
 
 
 def run_colours(runs: dict[str, ATSResult]) -> dict[str, str]:
     """setting_colours for runs in hand (the Image and Compare pages), keyed by their labels."""
-    rows = []
-    for label, res in runs.items():
-        depth, patches = res.token_counts.shape[1] - 1, int(res.patch_counts[0, 0])
-        rows.append((label, res.config.method, min(resolve(res.config, depth, patches).values(), default=None)))
-    return setting_colours(pd.DataFrame(rows, columns=["setting", "method", "k"]))
+    rows = [(label, res.config.method, float(res.gflops.mean())) for label, res in runs.items()]
+    return setting_colours(pd.DataFrame(rows, columns=["setting", "method", "gflops"]))
 
 
 def overlay(image: np.ndarray, kept: np.ndarray | torch.Tensor, grid: tuple[int, int],
-            dim: float = 0.22, outline: bool = True) -> np.ndarray:
-    """The image with dropped patches dimmed and kept ones outlined (uint8 H x W x 3)."""
+            dim: float = 0.22, outline: bool = True, fused: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+    """The image with dropped patches dimmed and kept ones outlined (uint8 H x W x 3); patches
+    in ``fused`` (EViT's extra token) stay bright, outlined in their own colour."""
     kept = np.asarray(kept, dtype=bool).reshape(grid)
+    fused = np.zeros_like(kept) if fused is None else np.asarray(fused, dtype=bool).reshape(grid)
     h, w = image.shape[:2]
     ph, pw = h / grid[0], w / grid[1]
-    mask = cv2.resize(kept.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    mask = cv2.resize((kept | fused).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
     out = np.where(mask[..., None], image, (image * dim).astype(np.uint8)).copy()
     if outline:
-        for r, c in zip(*np.nonzero(kept)):
-            x0, y0 = round(c * pw), round(r * ph)
-            x1, y1 = round((c + 1) * pw) - 1, round((r + 1) * ph) - 1
-            cv2.rectangle(out, (x0, y0), (x1, y1), KEPT, 1)
+        for cells, colour in ((kept, KEPT), (fused, FUSED)):
+            for r, c in zip(*np.nonzero(cells)):
+                x0, y0 = round(c * pw), round(r * ph)
+                x1, y1 = round((c + 1) * pw) - 1, round((r + 1) * ph) - 1
+                cv2.rectangle(out, (x0, y0), (x1, y1), colour, 1)
     return out
 
 
+# Distinct hues for merged groups (matplotlib's tab10 without grey), cycled by token index.
+_GROUP_COLOURS = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+                           (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207)], dtype=np.float32)
+
+
+def groups_overlay(image: np.ndarray, groups: np.ndarray | torch.Tensor, grid: tuple[int, int],
+                   tint: float = 0.55) -> np.ndarray:
+    """ToMe's merged tokens over the picture: the patches of each token that holds several
+    share one tint, with a line where two tokens meet; tokens of one patch are left as they are."""
+    groups = np.asarray(groups, dtype=np.int64).reshape(grid)
+    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
+    merged = np.isin(groups, ids[counts > 1])
+    h, w = image.shape[:2]
+    big = cv2.resize(groups.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
+    big_merged = cv2.resize(merged.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+    colour = _GROUP_COLOURS[np.abs(big) % len(_GROUP_COLOURS)]
+    out = np.where(big_merged[..., None], image * (1 - tint) + colour * tint, image)
+    edge = np.zeros((h, w), dtype=bool)
+    edge[:, 1:] |= big[:, 1:] != big[:, :-1]
+    edge[1:, :] |= big[1:, :] != big[:-1, :]
+    out[edge & big_merged] = 255
+    return out.astype(np.uint8)
+
+
+def stage_view(image: np.ndarray, res: ATSResult, stage: StageTrace, index: int = 0) -> np.ndarray:
+    """What one stage left, drawn the way its method works: merged groups for ToMe, kept
+    tokens (and EViT's fused ones) for the others."""
+    if res.config.method == "tome":
+        return groups_overlay(image, stage.groups[index].numpy(), res.grid)
+    return overlay(image, stage.kept_mask[index].numpy(), res.grid, fused=stage.merged_mask[index].numpy())
+
+
 def stage_overlays(image: np.ndarray, res: ATSResult, index: int = 0) -> list[tuple[str, np.ndarray]]:
-    """One (title, overlay) per ATS stage for image ``index`` of a result."""
+    """One (title, view) per reducing stage for image ``index`` of a result."""
     total = res.grid[0] * res.grid[1]
-    return [
-        (f"block {s.block}: {int(s.kept_mask[index].sum())} / {total} tokens",
-         overlay(image, s.kept_mask[index].numpy(), res.grid))
-        for s in res.stages
-    ]
+    return [(f"block {s.block}: {int(s.tokens_out[index])} / {total} tokens", stage_view(image, res, s, index))
+            for s in res.stages]
 
 
 def stage_figure_png(image: np.ndarray, res: ATSResult, index: int = 0, cols: int = 5) -> bytes:
@@ -94,23 +136,25 @@ def stage_figure_png(image: np.ndarray, res: ATSResult, index: int = 0, cols: in
     return buf.getvalue()
 
 
-def score_heatmap(stage: StageTrace, grid: tuple[int, int], index: int = 0) -> go.Figure:
-    """Significance over the patch grid; hover names the patch, its score and its fate."""
+def score_heatmap(stage: StageTrace, grid: tuple[int, int], index: int = 0, evidence: str = "score") -> go.Figure:
+    """The method's evidence over the patch grid (ATS: significance; ToMe: similarity to the
+    best match; EViT: class attention); hover names the patch, its score and its fate."""
     scores = stage.scores[index].reshape(grid).numpy()
     present = stage.present_mask[index].reshape(grid).numpy()
     kept = stage.kept_mask[index].reshape(grid).numpy()
-    fate = np.where(kept, "kept", np.where(present, "dropped here", "dropped earlier"))
+    merged = stage.merged_mask[index].reshape(grid).numpy()
+    fate = np.where(kept, "kept", np.where(merged, "merged", np.where(present, "dropped here", "dropped earlier")))
     z = np.where(present, scores, np.nan)
     fig = go.Figure(go.Heatmap(
-        z=z, customdata=fate, colorscale="Viridis", colorbar=dict(title="score", thickness=10),
-        hovertemplate="patch (row %{y}, col %{x})<br>score %{z:.4f}<br>%{customdata}<extra></extra>",
+        z=z, customdata=fate, colorscale="Viridis", colorbar=dict(title=evidence.replace(" ", "<br>"), thickness=10),
+        hovertemplate="patch (row %{y}, col %{x})<br>" + evidence + " %{z:.4f}<br>%{customdata}<extra></extra>",
     ))
     rows, cols = np.nonzero(kept)
     fig.add_trace(go.Scatter(x=cols, y=rows, mode="markers", hoverinfo="skip", showlegend=False,
                              marker=dict(symbol="square-open", size=7, color="rgb(255,196,0)")))
     fig.update_yaxes(autorange="reversed", scaleanchor="x", showgrid=False)
     fig.update_xaxes(showgrid=False)
-    fig.update_layout(title=f"Scores entering block {stage.block}", height=330, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(title=f"{evidence.capitalize()} entering block {stage.block}", height=330, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
@@ -189,15 +233,15 @@ def curve_figure(summary: pd.DataFrame) -> go.Figure:
         full = method == "full"
         hue = method_colour(method)
         fig.add_trace(go.Scatter(
-            x=g["gflops_mean"], y=g["top1"] * 100, name=method, mode="markers" if full else "lines+markers",
+            x=g["gflops_mean"], y=g["top1"] * 100, name=method_label(method), legendgroup=method, mode="markers" if full else "lines+markers",
             line=dict(color=hue),
             marker=dict(color=[colours[s] for s in g["setting"]], size=14 if full else 9,
                         symbol="star" if full else "circle"),
             error_y=dict(type="data", symmetric=False, array=(g["ci_high"] - g["top1"]) * 100,
                          arrayminus=(g["top1"] - g["ci_low"]) * 100, thickness=1, color=hue),
-            customdata=np.stack([g["k"].astype("float").fillna(-1), g["ci_low"] * 100, g["ci_high"] * 100,
+            customdata=np.stack([g["setting"], g["ci_low"] * 100, g["ci_high"] * 100,
                                  g["tokens_final_mean"], g["images"]], axis=1),
-            hovertemplate=("<b>%{fullData.name}</b>" + ("" if full else " K=%{customdata[0]:.0f}")
+            hovertemplate=("<b>%{customdata[0]}</b>"
                            + "<br>top-1 %{y:.1f}% (95% CI %{customdata[1]:.1f} to %{customdata[2]:.1f})"
                            "<br>%{x:.3f} GFLOPs<br>%{customdata[3]:.1f} patch tokens at the end"
                            "<br>%{customdata[4]} images<extra></extra>"),
@@ -217,8 +261,8 @@ def curve_png(summary: pd.DataFrame, path: Path | str) -> Path:
         g = g.sort_values("gflops_mean")
         full = method == "full"
         err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
-        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method, capsize=3,
-                    color=[c / 255 for c in METHOD_COLOURS.get(method, (90, 90, 90))],
+        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method_label(method), capsize=3,
+                    color=[c / 255 for c in method_rgb(method)],
                     marker="*" if full else "o", markersize=12 if full else 5, linestyle="none" if full else "-")
     ax.set_xlabel("mean GFLOPs per image")
     ax.set_ylabel("top-1 accuracy (%), 95% CI")

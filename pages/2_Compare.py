@@ -1,4 +1,4 @@
-"""Compare: one image under several budgets, or several methods at one budget, side by side."""
+"""Compare: one image under a ladder of one method's settings, or every method at equal cost."""
 
 from dataclasses import replace
 
@@ -6,76 +6,72 @@ import streamlit as st
 
 import ui
 from ats_viz import ATSConfig, InputError, viz
-from ats_viz.vit import METHODS, resolve
+from ats_viz.cost import equal_cost
+from ats_viz.methods import METHODS, REDUCERS, format_value, parse_ladder
 
 settings = ui.sidebar()
-st.title("Compare thresholds")
+st.title("Compare settings and methods")
 loaded = ui.model_or_error(settings) if settings else None
 chosen = ui.image_input("compare")
 if loaded is None or chosen is None:
     st.stop()
-
-mode = st.radio("Compare", ["Budgets K", "Methods at one K"], horizontal=True, key="compare_mode")
-if mode == "Budgets K":
-    ladder = st.text_input("K values", "all, 0.75, 0.5, 0.25", key="compare_ladder",
-                           help="Comma-separated: 'all', counts (98) or fractions (0.5). Method and stages "
-                                "come from the sidebar (ATS if the sidebar says full).")
-    method = settings.config.method if settings.config.method != "full" else "ats"
-    texts = [t.strip() for t in ladder.split(",") if t.strip()]
-    configs = []
-    try:
-        configs = [replace(settings.config, method=method, k=ui.parse_k(t)) for t in texts]
-    except InputError as err:
-        st.error(str(err))
-    x_title = "K"
-else:
-    c1, c2 = st.columns([3, 1])
-    methods = c1.multiselect("Methods", list(METHODS), default=["ats", "topk", "random"],
-                             format_func=ui.METHOD_NAMES.get, key="compare_methods")
-    k_text = c2.text_input("K for all", "0.5", key="compare_k")
-    texts = [ui.METHOD_NAMES[m] for m in methods]
-    try:
-        k = ui.parse_k(k_text)
-        configs = [replace(settings.config, method=m, k=k) for m in methods]
-    except InputError as err:
-        st.error(str(err))
-        configs = []
-    x_title = "method"
-
-depth, patches = len(loaded.net.blocks), loaded.net.patch_embed.num_patches
-try:
-    for cfg in configs:
-        resolve(cfg, depth, patches)
-except InputError as err:
-    st.error(str(err))
-    configs = []
-if not configs:
-    st.stop()
-
 prepared = ui.prepare(loaded, *chosen)
 if prepared is None:
     st.stop()
 x, seen = prepared
+
+mode = st.radio("Compare", ["Budgets", "Methods at equal cost"], horizontal=True, key="compare_mode")
+if mode == "Budgets":
+    method = METHODS[settings.config.method if settings.config.method != "full" else "ats"]
+    ladder = st.text_input(f"{method.param.symbol} values ({method.label})", method.param.ladder,
+                           key=f"compare_ladder_{method.name}",
+                           help=f"Comma-separated. {method.param.help} Method and stages come from the sidebar.")
+    try:
+        configs = [replace(settings.config, method=method.name, **{method.param.field: v})
+                   for v in parse_ladder(method.name, ladder)]
+    except InputError as err:
+        st.error(str(err))
+        st.stop()
+    titles = [cfg.label() for cfg in configs]
+    x_title = method.param.symbol
+else:
+    names = st.multiselect("Methods", list(REDUCERS), default=list(REDUCERS), key="compare_methods",
+                           format_func=lambda n: METHODS[n].label)
+    # The reference is ATS as the sidebar sets it (K = all where the sidebar names another method).
+    ats = settings.config if settings.config.method == "ats" else ATSConfig()
+    st.caption(f"Every method is set to land nearest the GFLOPs that **{ats.label()}** spends on this image; "
+               "ATS adapts per image, the others have fixed rates. Stages: each method's own.")
+    if not ui.check(loaded, [ats]):
+        st.stop()
+    target = float(ui.run(loaded, x, ats).gflops[0])
+    configs = [ats if n == "ats" else equal_cost(loaded.net, n, target)[0] for n in names]
+    titles = [f"{METHODS[c.method].label} {METHODS[c.method].param.symbol}={format_value(METHODS[c.method].value(c))}"
+              for c in configs]
+    x_title = "method"
+
+if not configs or not ui.check(loaded, configs):
+    st.stop()
 with st.spinner(f"Running {len(configs)} settings..."):
     results = [ui.run(loaded, x, cfg) for cfg in configs]
 full = ui.run(loaded, x, ATSConfig(method="full"))
 
 total = full.grid[0] * full.grid[1]
-cols = st.columns(len(results))
 rows = []
-for col, label, cfg, res in zip(cols, texts, configs, results):
-    top = viz.topk(res.logits[0], loaded.class_names, 1)[0]
-    final = int(res.patch_counts[0, -1])
-    with col:
-        st.markdown(f"**{cfg.label() if mode == 'Budgets K' else label}**")
-        img = viz.overlay(seen, res.stages[-1].kept_mask[0].numpy(), res.grid) if res.stages else seen
-        st.image(img, width="stretch")
-        st.metric("Tokens kept", f"{final} / {total}")
-        st.metric("GFLOPs", f"{float(res.gflops[0]):.3f}", f"{float(res.gflops[0]) / res.full_gflops - 1:+.0%}",
-                  delta_color="inverse")
-        st.metric("Top-1", top[0], f"{top[1]:.1%}", delta_color="off")
-    rows.append((label, float(res.gflops[0]), top[1]))
+for start in range(0, len(results), 5):
+    cols = st.columns(min(5, len(results)))
+    for col, title, res in zip(cols, titles[start:start + 5], results[start:start + 5]):
+        top = viz.topk(res.logits[0], loaded.class_names, 1)[0]
+        final = int(res.patch_counts[0, -1])
+        gf = float(res.gflops[0])
+        with col:
+            st.markdown(f"**{title}**")
+            st.image(viz.stage_view(seen, res, res.stages[-1]) if res.stages else seen, width="stretch")
+            st.metric("Tokens at the end", f"{final} / {total}")
+            st.metric("GFLOPs", f"{gf:.3f}", f"{gf / res.full_gflops - 1:+.0%}", delta_color="inverse")
+            st.metric("Top-1", top[0], f"{top[1]:.1%}", delta_color="off")
+        rows.append((title, gf, top[1]))
 
+st.caption(ui.GFLOPS_NOTE)
 labels = [r[0] for r in rows]
 st.plotly_chart(viz.compare_figure(labels, [r[1] for r in rows], [r[2] for r in rows], full.full_gflops, x_title),
                 width="stretch")

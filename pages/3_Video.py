@@ -10,6 +10,7 @@ import streamlit as st
 import ui
 from ats_viz import InputError, synthetic
 from ats_viz import video as vid
+from ats_viz.models import model_hash
 
 settings = ui.sidebar()
 st.title("Tokens over a video")
@@ -70,7 +71,7 @@ c3.markdown(f"**{path.name if upload is None else upload.name}**: {info.width} x
             f"{info.fps:.3g} fps, {length}, codec {info.codec}.  \n"
             f"Analysing one frame in {stride}: {expected or 'up to ' + str(max_frames)} frames.")
 
-key = (source, loaded.name, settings.config, stride, int(max_frames))
+key = (source, model_hash(loaded.net), settings.config, stride, int(max_frames))
 stored = st.session_state.get("video_result")
 if stored is None or stored[0] != key:
     if not st.button("Analyse", type="primary", key="video_go"):

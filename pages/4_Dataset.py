@@ -1,4 +1,4 @@
-"""Dataset: top-1 against GFLOPs over many images, for a ladder of K and the baselines."""
+"""Dataset: top-1 against GFLOPs over many images, for a ladder of settings of each method."""
 
 import hashlib
 import json
@@ -13,14 +13,16 @@ import ui
 from ats_viz import InputError, viz
 from ats_viz import evaluate as ev
 from ats_viz.data import cache_root, extract_zip, heldout_folder, load_dataset
-from ats_viz.vit import resolve
+from ats_viz.methods import METHODS, REDUCERS, parse_ladder
+from ats_viz.models import model_hash
 
 settings = ui.sidebar()
 st.title("Accuracy against GFLOPs over a dataset")
-st.caption("Every image runs under the full model and under each method at each K of the ladder; GFLOPs are "
+st.caption("Every image runs under the full model and under each method at each value of its ladder; GFLOPs are "
            "each image's own. Results are cached on disk by model, setting and image files: widening the "
            "ladder computes only the new settings.")
 
+DEFAULT_METHODS = ("ats", "tome", "evit", "topk")
 SOURCES = {"heldout": "Bundled held-out set", "folder": "A folder on this machine", "zip": "Upload a ZIP",
            "saved": "Open saved results"}
 FORMATS = {"top1": st.column_config.NumberColumn("top-1", format="percent"),
@@ -122,31 +124,34 @@ except InputError as err:
 if chosen is None:
     st.stop()
 
-c = st.columns([3, 3, 2, 1, 1, 1])
-ladder = c[0].text_input("K ladder", "196,147,98,49", key="ds_k",
-                         help="Budgets, comma-separated: counts (98) or fractions of the patches (0.5).")
-methods = c[1].multiselect("Methods (full is always in)", ["ats", "topk", "random"], ["ats", "topk", "random"],
-                           format_func=ui.METHOD_NAMES.get, key="ds_methods")
-subset = c[2].number_input("Images (0: all)", 0, 10_000_000, 0, key="ds_subset",
+c = st.columns([4, 2, 1, 1, 1])
+methods = c[0].multiselect("Methods (full is always in)", list(REDUCERS), list(DEFAULT_METHODS),
+                           format_func=lambda n: METHODS[n].label, key="ds_methods")
+subset = c[1].number_input("Images (0: all)", 0, 10_000_000, 0, key="ds_subset",
                            help="A random subset of this size, fixed by the seed.")
-seed = c[3].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed", help="Seeds the subset and the random baseline.")
-batch = c[4].number_input("Batch", 1, 1024, 32, key="ds_batch")
-device = c[5].selectbox("Device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"], key="ds_device")
-st.caption("Stages come from the sidebar (" + (settings.stages_text or "paper default") + "); the ladder and "
-           "methods here take the place of its K and method.")
+seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed", help="Seeds the subset and the random baseline.")
+batch = c[3].number_input("Batch", 1, 1024, 32, key="ds_batch")
+device = c[4].selectbox("Device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"], key="ds_device")
+ladders = {}
+for col, name in zip(st.columns(max(len(methods), 1)), methods):
+    param = METHODS[name].param
+    ladders[name] = col.text_input(f"{METHODS[name].label}: {param.symbol} ladder", param.ladder,
+                                   key=f"ds_ladder_{name}", help=param.help)
+st.caption("Stages come from the sidebar (" + (settings.stages_text or "each method's own") + "). The default "
+           "ladders span about the same GFLOPs for every method, so their curves share one axis.")
 try:
-    runs = ev.make_settings(ev.parse_ladder(ladder), ev.parse_methods(methods), settings.config.stages, int(seed))
+    runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages, int(seed))
     dataset = load_dataset(chosen[0], loaded.class_names, chosen[1], int(subset) or None, int(seed))
-    for cfg in runs:
-        resolve(cfg, len(loaded.net.blocks), loaded.net.patch_embed.num_patches)
 except InputError as err:
     st.error(str(err))
+    st.stop()
+if not ui.check(loaded, runs):
     st.stop()
 for note in dataset.notes():
     st.info(note)
 st.markdown(f"**{len(dataset.items):,} images** x **{len(runs)} settings** on {ui.SOURCES.get(loaded.name, loaded.name)}.")
 
-key = hashlib.sha256(json.dumps([ev.model_hash(loaded.net), dataset.fingerprint(),
+key = hashlib.sha256(json.dumps([model_hash(loaded.net), dataset.fingerprint(),
                                  [it.target for it in dataset.items],
                                  [repr(cfg) for cfg in runs]]).encode()).hexdigest()
 stored = st.session_state.get("ds_run")

@@ -13,8 +13,10 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats, viz
 from ats_viz.__main__ import main
 from ats_viz.data import extract_zip, load_dataset, match_labels, read_image
-from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, parse_ladder,
-                              parse_methods, results_zip, run_sweep, sweep_batch, wilson)
+from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, results_zip, run_sweep,
+                              sweep_batch, wilson)
+from ats_viz.methods import parse_ladder, parse_methods
+from ats_viz.vit import resolve
 from ats_viz.models import load_model
 from ats_viz.synthetic import CLASSES, sample, write_imagefolder
 
@@ -73,7 +75,7 @@ def test_a_setting_has_one_colour_in_every_sweep_figure(model, folder):
     labels = [c.label() for c in settings]
     curve = {}
     for trace in viz.curve_figure(summary).data:  # one trace per method, its points by GFLOPs
-        points = summary[summary["method"] == trace.name].sort_values("gflops_mean")["setting"]
+        points = summary[summary["method"] == trace.legendgroup].sort_values("gflops_mean")["setting"]
         curve.update(zip(points, trace.marker.color))
     tokens = {t.name: t.line.color for t in viz.sweep_tokens_figure(table, labels).data if t.name}
     classes = {t.name: t.marker.color for t in viz.class_accuracy_figure(table, labels, model.class_names).data}
@@ -105,7 +107,7 @@ def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
     data = write_imagefolder(tmp_path / "data", per_class=1, seed=3)
     cache = tmp_path / "cache"
     ds = load_dataset(data, model.class_names)
-    settings = make_settings([98], ["ats", "topk"])
+    settings = make_settings({"ats": [98], "topk": [98]})
     first = run_sweep(model, ds, settings, batch=4, cache=cache)
     assert first.computed == [c.label() for c in settings]
 
@@ -115,7 +117,7 @@ def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
     assert all(p.computed == 0 for p in seen) and seen[-1].done == seen[-1].total
     assert again.per_image().equals(first.per_image())
 
-    wider = make_settings([98, 49], ["ats", "topk"])
+    wider = make_settings({"ats": [98, 49], "topk": [98, 49]})
     grown = run_sweep(model, ds, wider, batch=4, cache=cache)
     assert grown.computed == ["ats K=49", "topk K=49"]
 
@@ -141,7 +143,7 @@ def test_progress_counts_images_and_settings(model, folder):
         seen.append(p)
         rows.append(len(p.partial.per_image()))  # partial results, read as they arrive
 
-    res = run_sweep(model, ds, make_settings([49], ["ats"]), batch=3, cache=None, progress=watch)
+    res = run_sweep(model, ds, make_settings({"ats": [49]}), batch=3, cache=None, progress=watch)
     assert [p.per_setting["ats K=49"][0] for p in seen] == [0, 3, 6, 8]
     assert rows == [0, 6, 12, 16]
     assert seen[-1].done == seen[-1].total == 16 and seen[-1].eta_s == 0
@@ -158,7 +160,7 @@ def test_unmatched_labels_and_unreadable_images_are_left_out_and_listed(model, t
     ds = load_dataset(data, model.class_names)
     assert ds.unmatched == {"dog": 2}
     assert "2 image(s) left out" in ds.notes()[0] and "'dog' (2)" in ds.notes()[0]
-    res = run_sweep(model, ds, make_settings([98], ["ats"]), cache=None)
+    res = run_sweep(model, ds, make_settings({"ats": [98]}), cache=None)
     assert [name for name, _ in res.skipped] == ["circle/broken.png"]
     assert "broken.png" in res.skipped[0][1]
     assert set(res.per_image()["image"]) == {it.name for it in ds.items} - {"circle/broken.png"}
@@ -204,7 +206,7 @@ def test_cli_writes_what_it_promises(folder, tmp_path, capsys):
 
 def test_cli_refuses_with_a_sentence(folder, tmp_path, capsys):
     assert main(["evaluate", "--data", str(folder), "--k", "98,1", "--out", str(tmp_path)]) == 2
-    assert "K = 1 is impossible" in capsys.readouterr().err
+    assert "K must be at least 2 (got 1)" in capsys.readouterr().err
 
 
 def _refusal(fn, *args, **kwargs) -> str:
@@ -257,21 +259,29 @@ def test_a_folder_too_big_to_be_a_dataset_is_refused_before_it_is_walked_through
     assert f"'{tmp_path}' holds more than 29 files and folders" in msg and "Give the dataset's own folder" in msg
 
 
-@pytest.mark.parametrize("ladder, sentence", [
-    ("", "The K ladder is empty"),
-    ("196,1", "K = 1 is impossible: ATS needs K of at least 2"),
-    ("0", "K = 0 is impossible"),
-    ("98,abc", "'abc' in the K ladder is not a number"),
-    ("1.5", "K = 1.5 is impossible: a fraction must be in (0, 1]"),
+@pytest.mark.parametrize("method, ladder, sentence", [
+    ("ats", "", "The K ladder of ATS is empty"),
+    ("ats", "196,1", "K must be at least 2 (got 1)"),
+    ("ats", "0", "K must be at least 2 (got 0)"),
+    ("ats", "98,abc", "K 'abc' is not a number"),
+    ("ats", "1.5", "K as a fraction must be in (0, 1]"),
+    ("tome", "8,1.5", "r = 1.5 is not a whole number"),
+    ("tome", "-2", "r = -2 is impossible"),
+    ("evit", "0.7,1.5", "The keep rate 1.5 is impossible"),
+    ("evit", "0", "The keep rate 0 is impossible"),
 ])
-def test_impossible_ladders_are_refused(ladder, sentence):
-    assert sentence in _refusal(parse_ladder, ladder)
+def test_impossible_ladders_are_refused(method, ladder, sentence):
+    def check():
+        for cfg in make_settings({method: parse_ladder(method, ladder)}):
+            resolve(cfg, 12, 196)
+    assert sentence in _refusal(check)
 
 
 def test_ladder_methods_and_device_parsing():
-    assert parse_ladder("196, 98,98,0.5") == [196, 98, 0.5]
-    assert parse_methods("ATS,topk") == ["ats", "topk"]
-    assert "Unknown method(s) tome" in _refusal(parse_methods, "ats,tome")
+    assert parse_ladder("ats", "196, 98,98,0.5,all") == [196, 98, 0.5, None]
+    assert parse_ladder("tome", "8, 13") == [8, 13] and parse_ladder("evit", "0.7") == [0.7]
+    assert parse_methods("ATS,topk,ToMe") == ["ats", "topk", "tome"]
+    assert "Unknown method(s) tomato" in _refusal(parse_methods, "ats,tomato")
     if not torch.cuda.is_available():
         assert "CUDA is not available" in _refusal(check_device, "cuda")
 
@@ -298,7 +308,7 @@ def test_uploaded_zips_unpack_safely_and_results_zips_reopen(model, folder, tmp_
     assert len(ds.items) == 4
     assert "is not a ZIP archive" in _refusal(extract_zip, b"junk", "junk.zip")
 
-    res = run_sweep(model, ds, make_settings([49], ["ats"]), cache=None)
+    res = run_sweep(model, ds, make_settings({"ats": [49]}), cache=None)
     saved = load_results(extract_zip(results_zip(res), "results.zip", ("csv", "json", "html")))
     assert list(saved.summary["setting"]) == ["full", "ats K=49"]
     assert saved.per_image["gflops"].tolist() == pytest.approx(res.per_image()["gflops"].tolist())

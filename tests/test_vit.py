@@ -5,7 +5,7 @@ import timm
 import torch
 
 from ats_viz import ATSConfig, InputError, patch_vit, run_ats
-from ats_viz.vit import default_stages
+from ats_viz.methods import METHODS
 
 
 
@@ -141,7 +141,7 @@ def test_model_families_keep_their_prefix_tokens(name, kwargs, prefix):
     assert res.grid == tuple(grid)
     assert res.stages[0].kept_mask.shape == (2, grid[0] * grid[1])
     assert (res.token_counts[:, -1] == res.stages[-1].tokens_out + prefix).all()
-    assert [s.block for s in res.stages] == list(default_stages(len(net.blocks)))
+    assert [s.block for s in res.stages] == list(METHODS["ats"].default_stages(len(net.blocks)))
     assert torch.allclose(run_ats(net, x, ATSConfig(method="full")).logits, net(x), atol=1e-4)
 
 
