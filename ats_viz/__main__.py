@@ -85,8 +85,11 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 def _ladders(args: argparse.Namespace) -> dict:
     """{method: its ladder} from --methods and each method's own ladder option (--k, --r, --keep-rate)."""
-    return {name: parse_ladder(name, getattr(args, METHODS[name].param.field) or METHODS[name].param.ladder)
-            for name in parse_methods(args.methods) if METHODS[name].param is not None}
+    def text(name: str) -> str:
+        given = getattr(args, METHODS[name].param.field)
+        return METHODS[name].param.ladder if given is None else given
+
+    return {name: parse_ladder(name, text(name)) for name in parse_methods(args.methods) if METHODS[name].param}
 
 
 def _method_options(p: argparse.ArgumentParser, ladder: bool) -> None:

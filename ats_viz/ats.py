@@ -1,4 +1,4 @@
-"""The ATS stage math as pure, batched tensor functions (ATS-SPEC.md, steps 2 and 3).
+"""The ATS stage math as pure, batched tensor functions (docs/algorithm.md, ATS steps 2 and 3).
 
 Every function takes a padded batch: ``valid`` (B x P bool) marks the patch tokens an image
 still has, so images with different token counts share one tensor. Nothing here knows about

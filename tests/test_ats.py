@@ -1,4 +1,4 @@
-"""The sampling rule of ATS-SPEC.md step 3, on hand-made score vectors."""
+"""The sampling rule of docs/algorithm.md (ATS, step 3), on hand-made score vectors."""
 
 import pytest
 import torch

@@ -504,7 +504,7 @@ def test_unreadable_images_in_a_dataset_are_skipped_each_with_its_sentence(sandb
     good = folder / "circle" / "good.png"
     good.write_bytes(png())
     ds = load_dataset(folder, model.class_names)
-    result = run_sweep(model, ds, make_settings([98], ["ats"]), batch=4, cache=sandbox.cache)
+    result = run_sweep(model, ds, make_settings({"ats": [98]}), batch=4, cache=sandbox.cache)
     why = dict(result.skipped)
     assert why.keys() == {"circle/empty.png", "circle/notes.png", "circle/cut.png", "circle/huge.png",
                           "circle/evil.png"}
@@ -517,7 +517,7 @@ def test_unreadable_images_in_a_dataset_are_skipped_each_with_its_sentence(sandb
 
 def test_a_non_utf8_file_name_in_a_dataset(sandbox, model, small_set):
     ds = load_dataset(non_utf8_folder(sandbox.inputs, small_set), model.class_names)
-    result = run_sweep(model, ds, make_settings([98], ["ats"]), batch=8, cache=None)
+    result = run_sweep(model, ds, make_settings({"ats": [98]}), batch=8, cache=None)
     table = result.per_image()
     assert len(table) + len(result.skipped) * 2 == 2 * len(ds.items)
 
@@ -753,7 +753,7 @@ FLAG_ROWS = [
     (["video", "{clip}", "--max-frames", "abc"], "invalid int value: 'abc'"),
     (["video", "{clip}", "--max-frames", "0"], "frame cap must be a whole number from 1 to"),
     (["video", "{clip}", "--stride", "-1"], "frame stride must be a whole number of at least 1"),
-    (["video", "{clip}", "--k", "lots"], "is not a count, a fraction or 'all'"),
+    (["video", "{clip}", "--k", "lots"], "K 'lots' is not a number"),
     (["video", "{clip}", "--k", "1"], "K must be at least 2 (got 1)"),
     (["video", "{clip}", "--k", "1.5"], "K as a fraction must be in (0, 1]"),
     (["video", "{clip}", "--method", "evil"], "invalid choice: 'evil'"),
@@ -763,8 +763,10 @@ FLAG_ROWS = [
                  id="video-huge-k"),
     pytest.param(["video", "{clip}", "--max-frames", "1", "--csv", "{tmp}"], "",
                  id="video-csv-is-a-folder"),
-    (["evaluate", "--data", "{data}", "--k", "98,abc"], "'abc' in the K ladder is not a number"),
-    (["evaluate", "--data", "{data}", "--k", ""], "The K ladder is empty"),
+    (["evaluate", "--data", "{data}", "--k", "98,abc"], "K 'abc' is not a number"),
+    (["evaluate", "--data", "{data}", "--k", ""], "The K ladder of ATS is empty"),
+    (["evaluate", "--data", "{data}", "--methods", "tome", "--r", "8,x"], "r 'x' is not a number"),
+    (["evaluate", "--data", "{data}", "--methods", "evit", "--keep-rate", "2"], "The keep rate 2 is impossible"),
     (["evaluate", "--data", "{data}", "--methods", "ats,evil"], "Unknown method(s) evil"),
     (["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--device", "tpu:7"], "tpu"),
     (["evaluate", "--data", "{data}", "--subset", "0"], "subset size must be a whole number of at least 1"),

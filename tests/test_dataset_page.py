@@ -34,8 +34,8 @@ def page(monkeypatch, source: str) -> AppTest:
 
 
 def evaluate(at: AppTest, ladder: str = "98") -> AppTest:
-    at.text_input(key="ds_k").set_value(ladder)
     at.multiselect(key="ds_methods").set_value(["ats"]).run()
+    at.text_input(key="ds_ladder_ats").set_value(ladder).run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     at.button(key="ds_go").click().run()
     assert not at.exception, at.exception
@@ -98,8 +98,11 @@ def test_bad_paths_get_a_sentence(monkeypatch, cache, source, widget, value, sen
 def test_impossible_ladder_and_broken_zip_get_a_sentence(monkeypatch, cache, shapes):
     at = page(monkeypatch, "folder")
     at.text_input(key="ds_folder").set_value(str(shapes)).run()
-    at.text_input(key="ds_k").set_value("98,1").run()
-    assert "K = 1 is impossible" in at.error[0].value
+    at.text_input(key="ds_ladder_ats").set_value("98,1").run()
+    assert "K must be at least 2 (got 1)" in at.error[0].value
+    at.text_input(key="ds_ladder_ats").set_value("98")
+    at.text_input(key="ds_ladder_tome").set_value("8,-1").run()
+    assert "r = -1 is impossible" in at.error[0].value
     at = page(monkeypatch, "zip")
     at.file_uploader(key="ds_zip").set_value(("bad.zip", b"not a zip", "application/zip")).run()
     assert not at.exception

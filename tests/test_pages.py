@@ -11,11 +11,13 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ats_viz import ATSConfig, run_ats, synthetic, viz
+from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz.methods import METHODS
 from ats_viz.data import read_image
-from ats_viz.models import load_model
+from ats_viz.models import ASSETS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ASSETS / "samples"
 
 
 def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -76,7 +78,7 @@ def test_every_page_links_every_page_by_name(monkeypatch, name):
 def test_image_page_shows_the_sample_numbers(monkeypatch, model):
     at = open_page(monkeypatch, "1_Image.py")
     name = at.selectbox(key="image_sample").value
-    res = expected(model, (ROOT / "assets" / "samples" / name).read_bytes(), ATSConfig())
+    res = expected(model, (SAMPLES / name).read_bytes(), ATSConfig())
     assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
     assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
     assert metric(at, "Saved") == f"{1 - float(res.gflops[0]) / res.full_gflops:.1%}"
@@ -87,11 +89,13 @@ def test_uploaded_image_each_method(monkeypatch, model):
     img, _ = synthetic.sample((7, 7), label=3)
     data = png(img)
     at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", "mine.png", data)
-    for method in ("ats", "topk", "random", "full"):
+    for method in ("ats", "topk", "random", "full", "tome", "evit"):
         at.selectbox(key="w_method").set_value(method).run()
-        at.text_input(key="w_k").set_value("0.5" if method != "full" else "all").run()
+        if method in ("ats", "topk", "random"):
+            at.text_input(key="w_k").set_value("0.5").run()
         assert not at.exception and not at.error
-        res = expected(model, data, ATSConfig(method=method, k=None if method == "full" else 0.5))
+        # ToMe and EViT at the sidebar's defaults: r = 13, keep rate 0.7 with fusion.
+        res = expected(model, data, ATSConfig(method=method, k=0.5))
         assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
         assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
         if method in ("topk", "random"):
@@ -111,6 +115,12 @@ def test_settings_live_in_the_url_and_bad_settings_get_a_sentence(monkeypatch):
     at.text_input(key="w_k").set_value("all").run()
     at.text_input(key="w_stages").set_value("3-40").run()
     assert "Stage 12 is outside this model" in at.error[0].value
+    at.text_input(key="w_stages").set_value("").run()
+    at.selectbox(key="w_method").set_value("tome").run()
+    at.text_input(key="w_r").set_value("8.5").run()
+    assert "r = 8.5 is not a whole number" in at.error[0].value
+    at.text_input(key="w_r").set_value("8").run()
+    assert not at.error and at.query_params["method"] in ("tome", ["tome"]) and at.query_params["r"] in ("8", ["8"])
 
 
 def test_settings_arrive_from_the_url(monkeypatch):
@@ -166,8 +176,8 @@ def test_every_image_mode_is_handled(monkeypatch, mode):
 
 def test_compare_ladder_columns_match_the_library(monkeypatch, model):
     at = open_page(monkeypatch, "2_Compare.py")
-    data = (ROOT / "assets" / "samples" / at.selectbox(key="compare_sample").value).read_bytes()
-    tokens = [m.value for m in at.metric if m.label == "Tokens kept"]
+    data = (SAMPLES / at.selectbox(key="compare_sample").value).read_bytes()
+    tokens = [m.value for m in at.metric if m.label == "Tokens at the end"]
     gflops = [m.value for m in at.metric if m.label == "GFLOPs"]
     assert len(tokens) == 4
     for i, k in enumerate((None, 0.75, 0.5, 0.25)):
@@ -175,24 +185,30 @@ def test_compare_ladder_columns_match_the_library(monkeypatch, model):
         assert tokens[i] == f"{int(res.patch_counts[0, -1])} / 196"
         assert gflops[i] == f"{float(res.gflops[0]):.3f}"
     assert len(at.get("plotly_chart")) == 2
-
-
-def test_compare_methods_at_equal_k(monkeypatch):
-    at = open_page(monkeypatch, "2_Compare.py")
-    at.radio(key="compare_mode").set_value("Methods at one K").run()
-    at.text_input(key="compare_k").set_value("40").run()
-    tokens = [m.value for m in at.metric if m.label == "Tokens kept"]
-    assert len(tokens) == 3
-    assert tokens[1] == tokens[2] == "40 / 196"  # top-K and random keep exactly K
-    assert int(tokens[0].split()[0]) <= 40  # ATS keeps at most K
-    # The token curves wear the methods' colours, as on the Dataset page.
-    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
-    assert {t["name"]: t["line"]["color"] for t in curves} == {
-        name: "rgb({},{},{})".format(*viz.METHOD_COLOURS[m]) for name, m in
-        (("ATS", "ats"), ("top-K", "topk"), ("random", "random"))}
-    at.radio(key="compare_mode").set_value("Budgets K").run()
-    at.text_input(key="compare_ladder").set_value("all, 0").run()
+    at.text_input(key="compare_ladder_ats").set_value("all, 0").run()
     assert "K must be at least 2 (got 0)" in at.error[0].value
+
+
+def test_compare_methods_at_equal_cost(monkeypatch, model):
+    at = open_page(monkeypatch, "2_Compare.py")
+    data = (SAMPLES / at.selectbox(key="compare_sample").value).read_bytes()
+    at.radio(key="compare_mode").set_value("Methods at equal cost").run()
+    assert not at.exception and not at.error
+    titles = [m.value for m in at.markdown if m.value.startswith("**")]
+    gflops = [float(m.value) for m in at.metric if m.label == "GFLOPs"]
+    assert [t.split()[0].strip("*") for t in titles] == ["ATS", "top-K", "random", "ToMe", "EViT"]
+    target = float(expected(model, data, ATSConfig()).gflops[0])  # the sidebar's ATS, K = all
+    assert gflops[0] == pytest.approx(target, abs=5e-4)
+    for title, gf in zip(titles[1:], gflops[1:]):
+        assert abs(gf - target) < 0.02 * target, (title, gf, target)  # each lands near ATS's cost
+    # Each column is what the library gives for the setting it names.
+    symbol, value = titles[3].strip("*").split()[1].split("=")
+    res = expected(model, data, ATSConfig(method="tome", r=int(value)))
+    assert symbol == "r" and gflops[3] == pytest.approx(float(res.gflops[0]), abs=5e-4)
+    # The token curves wear the registry's colours, as on the Dataset page.
+    curves = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
+    assert [t["line"]["color"] for t in curves] == ["rgb({},{},{})".format(*METHODS[m].colour)
+                                                     for m in ("ats", "topk", "random", "tome", "evit")]
 
 
 def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):

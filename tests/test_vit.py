@@ -1,4 +1,4 @@
-"""The engine against the reference behaviour of ATS-SPEC.md, on real timm models."""
+"""The engine against the reference behaviour of docs/algorithm.md, on real timm models."""
 
 import pytest
 import timm
