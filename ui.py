@@ -28,7 +28,6 @@ SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (
 # Settings: session-state key -> (URL query key, default). Non-widget keys hold the values so
 # they survive page switches (Streamlit forgets a widget's state on pages that do not draw it).
 # Each method's parameter has its own key (its ATSConfig field), so switching methods keeps them.
-PARAMS = {m.param.field: m.param for m in METHODS.values() if m.param is not None}
 DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
             "method": "ats", "stages": "", "k": "all", "r": "13", "keep_rate": "0.7", "fuse_token": "yes"}
 

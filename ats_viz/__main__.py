@@ -96,7 +96,7 @@ def _method_options(p: argparse.ArgumentParser, ladder: bool) -> None:
     """One option per method parameter, from the registry (a ladder for sweeps, a value for one run)."""
     for param in {m.param.field: m.param for m in METHODS.values() if m.param}.values():
         users = ", ".join(m.label for m in METHODS.values() if m.param and m.param.field == param.field)
-        what = f"the {param.symbol} ladder of {users}, comma-separated (default {param.ladder})" if ladder else \
+        what = f"the {param.symbol} ladder of {users}, comma-separated (default: each method's own)" if ladder else \
             f"{param.symbol} for {users}: {param.help}"
         p.add_argument(f"--{param.field.replace('_', '-')}", dest=param.field, help=what)
     p.add_argument("--stages", default="", help="blocks that reduce, such as 3-11 or 3,6,9 (default: each method's own)")

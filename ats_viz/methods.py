@@ -212,8 +212,12 @@ _PLANS = {"ats": _plan_k, "topk": _plan_k, "random": _plan_k, "tome": _plan_r, "
 
 # ---------------------------------------------------------------------------- the registry
 
-_K = Param("k", "K", _k, "all,0.75,0.5,0.25",
-           "'all' (every patch of the input), a count (98), a fraction (0.5) or one value per stage.")
+# The default ladders span about 40-75% of the full model's GFLOPs for every method (on the
+# shipped model and DeiT-S), so their curves share one axis. ATS's K sets how many points it
+# samples, not how many tokens it keeps, so its ladder starts at every patch.
+_K_HELP = "'all' (every patch of the input), a count (98), a fraction (0.5) or one value per stage."
+_K = Param("k", "K", _k, "all,0.75,0.5,0.25", _K_HELP)
+_FIXED_K = Param("k", "K", _k, "0.5,0.35,0.2,0.1", _K_HELP)
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("full", "full (no pruning)", (44, 160, 44), None, "", _every_block, "",
@@ -221,18 +225,18 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("ats", "ATS", (214, 39, 40), _K, "queries", _ats_stages, "significance",
            "Adaptive Token Sampling: significance = class attention x value norm; inverse transform "
            "sampling keeps K' <= K tokens, a different number per image."),
-    Method("topk", "top-K", (31, 119, 180), _K, "queries", _ats_stages, "significance",
+    Method("topk", "top-K", (31, 119, 180), _FIXED_K, "queries", _ats_stages, "significance",
            "The K patch tokens of highest significance (ATS's scores, a fixed count)."),
-    Method("random", "random", (127, 127, 127), _K, "queries", _ats_stages, "significance",
+    Method("random", "random", (127, 127, 127), _FIXED_K, "queries", _ats_stages, "significance",
            "K random patch tokens (seeded), whatever their scores."),
     Method("tome", "ToMe", (148, 103, 189),
-           Param("r", "r", _r, "4,8,12,16", "Tokens merged in each block (13 halves DeiT-S's 197 tokens "
+           Param("r", "r", _r, "8,12,15,17", "Tokens merged in each block (13 halves DeiT-S's 197 tokens "
                  "to 41), or one value per stage."),
            "tokens", _every_block, "similarity",
            "Token Merging: in every block the r most similar pairs (keys, bipartite matching) merge "
            "into their size-weighted mean; attention weighs merged tokens by their size."),
     Method("evit", "EViT", (255, 127, 14),
-           Param("keep_rate", "keep", _keep, "0.9,0.7,0.5,0.3", "The fraction of patch tokens kept at each "
+           Param("keep_rate", "keep", _keep, "0.8,0.6,0.45,0.3", "The fraction of patch tokens kept at each "
                  "stage (EViT: 0.7 at blocks 3, 6, 9), or one value per stage."),
            "tokens", _evit_stages, "class attention",
            "EViT: keep the patch tokens with the highest class attention; the rest fuse into one "

@@ -34,7 +34,7 @@ from .data import MAX_PIXELS, MIN_SIDE
 from .errors import InputError
 from .models import LoadedModel
 from .vit import ATSConfig, ATSResult, run_ats
-from .viz import overlay
+from .viz import stage_view
 
 VIDEO_TYPES = ("mp4", "avi", "mov", "webm", "mkv")
 # 90 frames spread over the clip: with the embedded model on a 2-core CPU a one-minute
@@ -84,7 +84,7 @@ class FrameRow:
 
     frame: int
     time_s: float
-    stage_tokens: tuple[int, ...]  # patch tokens left after each ATS stage
+    stage_tokens: tuple[int, ...]  # patch tokens leaving each reducing stage
     final_tokens: int
     gflops: float
     full_gflops: float
@@ -304,7 +304,7 @@ def _run_batch(model: LoadedModel, config: ATSConfig, batch: list[Frame],
         top = int(top)
         row = FrameRow(
             frame=f.index, time_s=f.time_s,
-            stage_tokens=tuple(int(s.kept_mask[i].sum()) for s in res.stages),
+            stage_tokens=tuple(int(s.tokens_out[i]) for s in res.stages),
             final_tokens=int(res.patch_counts[i, -1]),
             gflops=float(res.gflops[i]), full_gflops=float(res.full_gflops),
             top1=model.class_names[top], top1_index=top, confidence=float(conf),
@@ -361,7 +361,7 @@ def analyse_video(model: LoadedModel, path: str | Path, config: ATSConfig, strid
 
 
 def rows_to_csv(rows: list[FrameRow], stage_blocks: list[int]) -> str:
-    """The per-frame table: one column per ATS stage, named by its block."""
+    """The per-frame table: one column per reducing stage, named by its block."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["frame", "time_s", *[f"tokens_after_block_{b}" for b in stage_blocks], "final_tokens",
@@ -373,12 +373,12 @@ def rows_to_csv(rows: list[FrameRow], stage_blocks: list[int]) -> str:
 
 
 def annotate(fr: FrameResult, scale: int = 2) -> np.ndarray:
-    """One frame for the exported MP4: kept patches after the last stage, tokens and top-1."""
+    """One frame for the exported MP4: what the last stage left (as the Image page draws it), tokens and top-1."""
     view = fr.view
     h, w = view.shape[:2]
     big = cv2.resize(view, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
     if fr.result.stages:
-        big = overlay(big, fr.result.stages[-1].kept_mask[0].numpy(), fr.result.grid)
+        big = stage_view(big, fr.result, fr.result.stages[-1])
     band = np.zeros((22 * scale, w * scale, 3), np.uint8)
     r, total = fr.row, fr.result.grid[0] * fr.result.grid[1]
     lines = (f"{r.time_s:.1f}s  {r.final_tokens}/{total} tokens  {r.gflops:.3g} GFLOPs",

@@ -129,6 +129,16 @@ def test_rows_equal_the_image_path(analysed, model, shapes_clip):
         assert np.abs(fr.view.astype(int) - model.to_uint8(x[0]).astype(int)).mean() < 3  # JPEG
 
 
+def test_merging_methods_run_frame_by_frame_with_their_groups(model, shapes_clip):
+    tome = video.analyse_video(model, shapes_clip, ATSConfig(method="tome", r=8), stride=4)
+    assert all(r.stage_tokens == tuple(196 - 8 * (i + 1) for i in range(12)) for r in tome.rows)
+    last = tome.frames[0].result.stages[-1]
+    assert int(last.groups.max()) + 1 == 196 - 96  # every patch is held by one of the merged tokens
+    evit = video.analyse_video(model, shapes_clip, ATSConfig(method="evit", keep_rate=0.5), stride=4)
+    # 196 patches -> 98 kept + 1 fused -> 50 + 1 -> 26 + 1
+    assert evit.rows[0].stage_tokens == (99, 51, 27) and video.annotate(evit.frames[0]).shape[2] == 3
+
+
 def test_summary_follows_the_rows(analysed):
     s = analysed.summary()
     g = [r.gflops for r in analysed.rows]
