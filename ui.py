@@ -14,11 +14,10 @@ import torch
 
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.models import LoadedModel, load_model
+from ats_viz.models import SAMPLES, LoadedModel, load_model
 from ats_viz.vit import ATSResult, METHODS, resolve
 from ats_viz import viz
 
-SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
 PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
          "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
          "pages/4_Dataset.py": ("Dataset", ":material/dataset:")}

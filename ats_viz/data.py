@@ -282,8 +282,7 @@ def heldout_folder(per_class: int = 50) -> Path:
 
     It is written to a temporary folder and renamed, so a half-written set is never read.
     """
-    from .synthetic import write_imagefolder
-    from .train import HELDOUT_SEED
+    from .synthetic import HELDOUT_SEED, write_imagefolder
 
     out = cache_root() / f"heldout-{per_class}"
     if out.is_dir():

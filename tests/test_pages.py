@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from ats_viz import ATSConfig, run_ats, synthetic, viz
 from ats_viz.data import read_image
-from ats_viz.models import load_model
+from ats_viz.models import SAMPLES, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +76,7 @@ def test_every_page_links_every_page_by_name(monkeypatch, name):
 def test_image_page_shows_the_sample_numbers(monkeypatch, model):
     at = open_page(monkeypatch, "1_Image.py")
     name = at.selectbox(key="image_sample").value
-    res = expected(model, (ROOT / "assets" / "samples" / name).read_bytes(), ATSConfig())
+    res = expected(model, (SAMPLES / name).read_bytes(), ATSConfig())
     assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
     assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
     assert metric(at, "Saved") == f"{1 - float(res.gflops[0]) / res.full_gflops:.1%}"
@@ -166,7 +166,7 @@ def test_every_image_mode_is_handled(monkeypatch, mode):
 
 def test_compare_ladder_columns_match_the_library(monkeypatch, model):
     at = open_page(monkeypatch, "2_Compare.py")
-    data = (ROOT / "assets" / "samples" / at.selectbox(key="compare_sample").value).read_bytes()
+    data = (SAMPLES / at.selectbox(key="compare_sample").value).read_bytes()
     tokens = [m.value for m in at.metric if m.label == "Tokens kept"]
     gflops = [m.value for m in at.metric if m.label == "GFLOPs"]
     assert len(tokens) == 4
