@@ -31,7 +31,6 @@ from .data import Dataset, cache_root, read_image
 from .errors import InputError
 from .models import LoadedModel
 from .vit import METHODS, ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
-from .viz import curve_figure, curve_png
 
 CACHE_VERSION = 1
 RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
@@ -417,6 +416,9 @@ def _full_gflops(model: LoadedModel) -> float:
 
 def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
+    # Imported here: sweeping (evaluate's import) must not load plotly, matplotlib and OpenCV.
+    from .viz import curve_figure, curve_png
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()

@@ -58,3 +58,11 @@ def test_the_wheel_carries_the_shipped_model_and_loads_it_from_anywhere(tmp_path
     assert card == EMBEDDED["embedded"]
     assert ASSETS != Path(assets)  # the checkout's own assets played no part
 
+
+def test_loading_and_evaluating_import_no_app_video_or_training_code():
+    code = ("import sys, ats_viz.models, ats_viz.evaluate, ats_viz.vit; from ats_viz import load_model; "
+            "print(' '.join(m for m in ('streamlit', 'cv2', 'plotly', 'matplotlib', 'ats_viz.train', "
+            "'ats_viz.synthetic') if m in sys.modules))")
+    run = _python(code, ROOT, str(ROOT))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == []
