@@ -246,10 +246,13 @@ def extremes_gallery(per_image, root: Path, setting: str, n: int = 5) -> None:
         st.markdown(f"**{title}**")
         for col, row in zip(st.columns(n), part.itertuples()):
             path = root / row.image
-            if not path.is_file():
+            try:
+                data = path.read_bytes()
+                img = read_image(data, row.image)  # upright, as the model saw it (a path would not be)
+            except (OSError, InputError):  # moved or changed since the sweep: nothing to show
                 continue
-            col.image(str(path), caption=f"{row.image}: {row.tokens_final} tokens, {row.gflops:.3f} GFLOPs",
+            col.image(img, caption=f"{row.image}: {row.tokens_final} tokens, {row.gflops:.3f} GFLOPs",
                       width="stretch")
             if col.button("Open on the Image page", key=f"gallery_{title}_{row.Index}"):
-                st.session_state["image_from_dataset"] = (row.image, path.read_bytes())
+                st.session_state["image_from_dataset"] = (row.image, data)
                 st.switch_page("pages/1_Image.py")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -49,7 +49,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(data: bytes, name: str = "the image") -> Image.Image:
-    """Decode uploaded bytes into an RGB image (a GIF's first frame), or say why not."""
+    """Decode uploaded bytes into an RGB image (a GIF's first frame), upright, or say why not.
+
+    Upright: a phone stores a portrait photo as landscape pixels plus an EXIF orientation,
+    which is applied here, so the model sees what the person saw.
+    """
     if not data:
         raise InputError(f"'{name}' is empty (0 bytes). Choose an image file.")
     try:
@@ -65,6 +69,7 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
                                  f"{MIN_SIDE} x {MIN_SIDE}. Choose a larger image.")
             img = next(ImageSequence.Iterator(img))  # a GIF or multi-page TIFF: the first frame
             img.load()
+            img = ImageOps.exif_transpose(img)
     except InputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:

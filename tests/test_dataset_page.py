@@ -4,7 +4,9 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from ats_viz.__main__ import main
@@ -123,3 +125,28 @@ def test_gallery_shows_the_extremes_and_hands_one_to_the_image_page(monkeypatch,
     buttons[0].click().run()
     name, data = at.session_state["image_from_dataset"]
     assert name == fewest["image"] and data == (shapes / fewest["image"]).read_bytes()
+
+
+def test_the_gallery_shows_phone_photos_upright(monkeypatch, cache, tmp_path, phone_photo, red_corner):
+    """The gallery shows what the model saw: a portrait photo stands, as on the Image page."""
+    folder = tmp_path / "photos"
+    for label, orientation in (("circle", 6), ("square", 8)):
+        (folder / label).mkdir(parents=True)
+        (folder / label / f"phone-{orientation}.jpg").write_bytes(phone_photo(orientation))
+    shown = []
+    original = DeltaGenerator.image
+
+    def image(self, img, *args, **kwargs):
+        shown.append((kwargs.get("caption", ""), img))
+        return original(self, img, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "image", image)
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(folder)).run()
+    evaluate(at)
+    gallery = {caption.split(":")[0]: img for caption, img in shown if caption.startswith("circle/")
+               or caption.startswith("square/")}
+    assert set(gallery) == {"circle/phone-6.jpg", "square/phone-8.jpg"}
+    assert all(np.asarray(img).shape[:2] == (96, 64) for img in gallery.values())  # portrait
+    assert red_corner(gallery["circle/phone-6.jpg"]) == "top-right"
+    assert red_corner(gallery["square/phone-8.jpg"]) == "bottom-left"
