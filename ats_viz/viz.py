@@ -8,10 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")  # the library draws off-screen: no display on servers
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -83,18 +79,21 @@ def stage_overlays(image: np.ndarray, res: ATSResult, index: int = 0) -> list[tu
 
 def stage_figure_png(image: np.ndarray, res: ATSResult, index: int = 0, cols: int = 5) -> bytes:
     """All stage overlays in one matplotlib figure, as PNG bytes (for download)."""
+    # A Figure of its own, never pyplot: pyplot's current-figure state is shared by the
+    # server's threads. Imported here: only a download needs matplotlib.
+    from matplotlib.figure import Figure
+
     panels = [("input", image)] + stage_overlays(image, res, index)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.8))
-    for ax in np.atleast_1d(axes).flat:
+    fig = Figure(figsize=(cols * 2.6, rows * 2.8))
+    for ax in fig.subplots(rows, cols, squeeze=False).flat:
         ax.axis("off")
-    for ax, (title, img) in zip(np.atleast_1d(axes).flat, panels):
+    for ax, (title, img) in zip(fig.axes, panels):
         ax.imshow(img)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 
