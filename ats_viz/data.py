@@ -276,6 +276,28 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
     return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named)
 
 
+def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tuple:
+    """A cheap sign that :func:`load_dataset` would list something else: the mtimes of the
+    folder and of its immediate subfolders (adding, removing or renaming a file changes its
+    folder's), and the CSV's mtime and size. A few stats, where listing walks every file;
+    changes deeper than the class folders are not seen."""
+    def stat(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:  # missing: load_dataset says so, the stamp need not
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    root = Path(folder).expanduser()
+    try:
+        with os.scandir(root) as entries:
+            subfolders = sorted((e.name, e.stat().st_mtime_ns) for e in entries
+                                if not e.name.startswith(".") and e.is_dir())
+    except OSError:
+        subfolders = []
+    return stat(root), tuple(subfolders), stat(Path(csv_path).expanduser()) if csv_path else None
+
+
 def cache_root() -> Path:
     """Where ats-viz keeps what it can recompute: $ATS_VIZ_CACHE, else ~/.cache/ats-viz."""
     env = os.environ.get("ATS_VIZ_CACHE")

@@ -150,3 +150,36 @@ def test_the_gallery_shows_phone_photos_upright(monkeypatch, cache, tmp_path, ph
     assert all(np.asarray(img).shape[:2] == (96, 64) for img in gallery.values())  # portrait
     assert red_corner(gallery["circle/phone-6.jpg"]) == "top-right"
     assert red_corner(gallery["square/phone-8.jpg"]) == "bottom-left"
+
+
+def test_the_folder_is_listed_once_and_again_when_it_changes(monkeypatch, cache, shapes):
+    import ats_viz.data
+
+    walks = []
+    original = ats_viz.data.load_dataset
+
+    def load_dataset(folder, *args):
+        if folder == str(shapes):  # not the held-out set of the page's first run
+            walks.append(folder)
+        return original(folder, *args)
+
+    monkeypatch.setattr(ats_viz.data, "load_dataset", load_dataset)
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at.number_input(key="ds_batch").set_value(8).run()  # reruns that leave the dataset alone
+    at.text_input(key="ds_k").set_value("147,98").run()
+    assert not at.exception and len(walks) == 1
+    assert "**10 images**" in " ".join(m.value for m in at.markdown)
+
+    circle = next((shapes / "circle").iterdir())
+    (shapes / "circle" / "again.png").write_bytes(circle.read_bytes())  # a new image in a class folder
+    at.run()
+    assert len(walks) == 2 and "**11 images**" in " ".join(m.value for m in at.markdown)
+
+    labels = shapes / "labels.csv"  # and a CSV, edited in place
+    labels.write_text(f"circle/{circle.name},circle\n")
+    at.text_input(key="ds_csv_path").set_value(str(labels)).run()
+    assert "**1 images**" in " ".join(m.value for m in at.markdown)
+    labels.write_text(f"circle/{circle.name},circle\ncircle/again.png,circle\n")
+    at.run()
+    assert len(walks) == 4 and "**2 images**" in " ".join(m.value for m in at.markdown)
