@@ -178,6 +178,8 @@ def test_home_page_says_what_ats_is(server, page):
     names = [links.nth(i).inner_text().strip() for i in range(links.count())]
     assert {"Image", "Compare", "Video"} <= set(names), names
     no_exception_box(page)
+    assert page.locator('[data-testid="stMainMenu"]').count()  # the menu is there...
+    assert not page.locator('[data-testid="stAppDeployButton"]').count()  # ...Streamlit's "Deploy" is not
     shot(page, "home")
     links.nth(names.index("Image")).click()  # the card's link opens the page
     page.get_by_text("Sampled tokens of one image").wait_for()
