@@ -213,7 +213,7 @@ def timeline_figure(result: VideoResult) -> go.Figure:
     labelled = sorted({round(i) for i in np.linspace(0, len(changes) - 1, min(len(changes), MAX_CHANGE_LABELS))})
     for r in (changes[i] for i in labelled):
         fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=1, col=1,
-                      annotation_text=r.top1, annotation_position="bottom right", annotation_font_color="crimson")
+                      annotation_text=r.top1, annotation_position="top right", annotation_font_color="crimson")
         fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=2, col=1)
     title = (f"{len(changes)} top-1 changes: {len(labelled)} labelled, hover the red markers for all"
              if len(labelled) < len(changes) else None)
