@@ -15,11 +15,10 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.data import IMAGE_TYPES, read_image
 from ats_viz.methods import METHODS, get, parse_stages
-from ats_viz.models import LoadedModel, load_model, model_hash, source_stamp
+from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.vit import ATSResult, resolve
 from ats_viz import viz
 
-SAMPLES = Path(__file__).resolve().parent / "assets" / "samples"
 PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
          "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
          "pages/4_Dataset.py": ("Dataset", ":material/dataset:")}
@@ -246,10 +245,13 @@ def extremes_gallery(per_image, root: Path, setting: str, n: int = 5) -> None:
         st.markdown(f"**{title}**")
         for col, row in zip(st.columns(n), part.itertuples()):
             path = root / row.image
-            if not path.is_file():
+            try:
+                data = path.read_bytes()
+                img = read_image(data, row.image)  # upright, as the model saw it (a path would not be)
+            except (OSError, InputError):  # moved or changed since the sweep: nothing to show
                 continue
-            col.image(str(path), caption=f"{row.image}: {row.tokens_final} tokens, {row.gflops:.3f} GFLOPs",
+            col.image(img, caption=f"{row.image}: {row.tokens_final} tokens, {row.gflops:.3f} GFLOPs",
                       width="stretch")
             if col.button("Open on the Image page", key=f"gallery_{title}_{row.Index}"):
-                st.session_state["image_from_dataset"] = (row.image, path.read_bytes())
+                st.session_state["image_from_dataset"] = (row.image, data)
                 st.switch_page("pages/1_Image.py")

@@ -20,11 +20,13 @@ def _synth(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     import torch
 
-    from .train import ModelSpec, Recipe, build, heldout_metrics, load_weights, train, write_checkpoint
+    from .arch import build
+    from .models import ASSETS
+    from .train import Recipe, heldout_metrics, load_weights, shapes_spec, train, write_checkpoint
 
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    spec = ModelSpec(width=args.width, depth=args.depth, heads=args.heads)
+    out = Path(args.out) if args.out else ASSETS
+    spec = shapes_spec(args.width, args.depth, args.heads)
     command = "python -m ats_viz " + " ".join(sys.argv[1:])
     plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
     net = build(spec)
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_synth)
 
     p = sub.add_parser("train", help="train the embedded model (plain, then fine-tuned with ATS)")
-    p.add_argument("--out", default="assets")
+    p.add_argument("--out", help="the folder for weights and cards (default: the package's own, which "
+                   "load_model('embedded') reads)")
     p.add_argument("--name", default="shapes-vit")
     p.add_argument("--steps", type=int, default=2400)
     p.add_argument("--batch", type=int, default=32)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -49,7 +49,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def read_image(data: bytes, name: str = "the image") -> Image.Image:
-    """Decode uploaded bytes into an RGB image (a GIF's first frame), or say why not."""
+    """Decode uploaded bytes into an RGB image (a GIF's first frame), upright, or say why not.
+
+    Upright: a phone stores a portrait photo as landscape pixels plus an EXIF orientation,
+    which is applied here, so the model sees what the person saw.
+    """
     if not data:
         raise InputError(f"'{name}' is empty (0 bytes). Choose an image file.")
     try:
@@ -65,6 +69,7 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
                                  f"{MIN_SIDE} x {MIN_SIDE}. Choose a larger image.")
             img = next(ImageSequence.Iterator(img))  # a GIF or multi-page TIFF: the first frame
             img.load()
+            img = ImageOps.exif_transpose(img)
     except InputError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -271,6 +276,28 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
     return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named)
 
 
+def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tuple:
+    """A cheap sign that :func:`load_dataset` would list something else: the mtimes of the
+    folder and of its immediate subfolders (adding, removing or renaming a file changes its
+    folder's), and the CSV's mtime and size. A few stats, where listing walks every file;
+    changes deeper than the class folders are not seen."""
+    def stat(path: Path) -> tuple[int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:  # missing: load_dataset says so, the stamp need not
+            return None
+        return st.st_mtime_ns, st.st_size
+
+    root = Path(folder).expanduser()
+    try:
+        with os.scandir(root) as entries:
+            subfolders = sorted((e.name, e.stat().st_mtime_ns) for e in entries
+                                if not e.name.startswith(".") and e.is_dir())
+    except OSError:
+        subfolders = []
+    return stat(root), tuple(subfolders), stat(Path(csv_path).expanduser()) if csv_path else None
+
+
 def cache_root() -> Path:
     """Where ats-viz keeps what it can recompute: $ATS_VIZ_CACHE, else ~/.cache/ats-viz."""
     env = os.environ.get("ATS_VIZ_CACHE")
@@ -282,8 +309,7 @@ def heldout_folder(per_class: int = 50) -> Path:
 
     It is written to a temporary folder and renamed, so a half-written set is never read.
     """
-    from .synthetic import write_imagefolder
-    from .train import HELDOUT_SEED
+    from .synthetic import HELDOUT_SEED, write_imagefolder
 
     out = cache_root() / f"heldout-{per_class}"
     if out.is_dir():

@@ -375,7 +375,9 @@ def _setting_doc(cfg: ATSConfig) -> dict:
 
 def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
-    from .viz import curve_figure, curve_png  # drawing only here: a sweep itself needs no plotting
+    # Imported here: sweeping (evaluate's import) must not load plotly, matplotlib and OpenCV.
+    from .viz import curve_figure, curve_png
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()

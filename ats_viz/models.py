@@ -21,11 +21,13 @@ from safetensors.torch import load_file
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 from timm.models.vision_transformer import VisionTransformer
 
+from .arch import ModelSpec, build
 from .errors import InputError
-from .train import ModelSpec, build
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-# Shipped checkpoints: name -> file stem in assets/ (weights .safetensors, card .json).
+# Package data (pyproject.toml's package-data), so a wheel carries it.
+ASSETS = Path(__file__).resolve().parent / "assets"
+SAMPLES = ASSETS / "samples"  # pictures of the shipped model's classes, for the app to offer
+# Shipped checkpoints: name -> file stem in ASSETS (weights .safetensors, card .json).
 EMBEDDED = {
     "embedded": "shapes-vit",  # trained plainly: ATS plugged in afterwards
     "embedded-ats": "shapes-vit-ats",  # the same model fine-tuned with ATS active

@@ -18,55 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from . import synthetic
+from .arch import MEAN, STD, ModelSpec
+from .synthetic import HELDOUT_SEED
 from .vit import ATSConfig, run_ats
 
-MEAN = (0.5, 0.5, 0.5)
-STD = (0.5, 0.5, 0.5)
-HELDOUT_SEED = 1  # the bundled evaluation set; training draws from a disjoint seed space
 
-
-class ConvStemEmbed(PatchEmbed):
-    """Patch embedding by a small convolutional stem (stride 16) instead of one 16 x 16 conv.
-
-    A stem lets a small ViT learn shapes from far fewer images; it stays timm's PatchEmbed
-    (same grid, same interface), so the model is still a plain timm VisionTransformer.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        dim, cin = self.proj.out_channels, self.proj.in_channels
-        # Strides 4, 2, 2: cheap on the CPU (the first layer already works at 56 x 56).
-        layers: list[nn.Module] = [nn.Conv2d(cin, 32, 4, 4, bias=False), nn.BatchNorm2d(32), nn.GELU(),
-                                   nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.GELU(),
-                                   nn.Conv2d(64, dim, 2, 2)]
-        self.proj = nn.Sequential(*layers)
-
-
-@dataclass
-class ModelSpec:
-    """The embedded model's architecture, stored in its card so loading can rebuild it."""
-
-    width: int = 96
-    depth: int = 12
-    heads: int = 3
-    num_classes: int = len(synthetic.CLASSES)
-    img_size: int = synthetic.SIZE
-
-
-def build(spec: ModelSpec) -> VisionTransformer:
-    net = VisionTransformer(
-        img_size=spec.img_size, patch_size=16, num_classes=spec.num_classes,
-        embed_dim=spec.width, depth=spec.depth, num_heads=spec.heads, embed_layer=ConvStemEmbed,
-    )
-    # timm's data config reads this: the synthetic images are already 224 px, so no crop.
-    net.pretrained_cfg = dict(input_size=(3, spec.img_size, spec.img_size), crop_pct=1.0,
-                              interpolation="bilinear", mean=MEAN, std=STD)
-    return net
+def shapes_spec(width: int = 96, depth: int = 12, heads: int = 3) -> ModelSpec:
+    """An architecture for the synthetic shapes task: its classes, its image size."""
+    return ModelSpec(width, depth, heads, num_classes=len(synthetic.CLASSES), img_size=synthetic.SIZE)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -25,9 +25,7 @@ from typing import Callable, Iterator
 
 import cv2
 import numpy as np
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from PIL import Image
 
 from .data import MAX_PIXELS, MIN_SIDE
@@ -413,27 +411,3 @@ def annotated_mp4(result: VideoResult, scale: int = 2) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         return write_annotated(result, Path(tmp) / "annotated.mp4", scale).read_bytes()
 
-
-def timeline_figure(result: VideoResult) -> go.Figure:
-    """Patch tokens after the last block and GFLOPs per frame over time; top-1 changes marked."""
-    rows = result.rows
-    t = [r.time_s for r in rows]
-    hover = [f"frame {r.frame}<br>top-1 {r.top1} ({r.confidence:.0%})" for r in rows]
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("Patch tokens after the last block", "GFLOPs per frame"))
-    fig.add_trace(go.Scatter(x=t, y=[r.final_tokens for r in rows], mode="lines+markers", name="tokens",
-                             text=hover, hovertemplate="%{text}<br>%{y} tokens<extra></extra>"), row=1, col=1)
-    fig.add_trace(go.Scatter(x=t, y=[r.gflops for r in rows], mode="lines+markers", name="GFLOPs",
-                             text=hover, hovertemplate="%{text}<br>%{y:.4f} GFLOPs<extra></extra>"), row=2, col=1)
-    if rows:
-        fig.add_hline(y=rows[0].full_gflops, line_dash="dash", line_color="grey", row=2, col=1,
-                      annotation_text="full model", annotation_position="top left")
-    for r in rows:
-        if r.class_changed:
-            fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=1, col=1,
-                          annotation_text=r.top1, annotation_position="bottom right",
-                          annotation_font_color="crimson")
-            fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=2, col=1)
-    fig.update_xaxes(title_text="time (s)", row=2, col=1)
-    fig.update_layout(height=460, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))
-    return fig

@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")  # the library draws off-screen: no display on servers
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
+from plotly.subplots import make_subplots
 
 from .ats import sampling_picture
 from .methods import METHODS
 from .vit import ATSResult, StageTrace
+
+if TYPE_CHECKING:  # video.py draws with overlay() from here: a runtime import would be circular
+    from .video import VideoResult
 
 KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
 FUSED = (0, 200, 255)  # outline of patches fused into EViT's extra token (cyan: apart from amber)
@@ -121,18 +121,21 @@ def stage_overlays(image: np.ndarray, res: ATSResult, index: int = 0) -> list[tu
 
 def stage_figure_png(image: np.ndarray, res: ATSResult, index: int = 0, cols: int = 5) -> bytes:
     """All stage overlays in one matplotlib figure, as PNG bytes (for download)."""
+    # A Figure of its own, never pyplot: pyplot's current-figure state is shared by the
+    # server's threads. Imported here: only a download needs matplotlib.
+    from matplotlib.figure import Figure
+
     panels = [("input", image)] + stage_overlays(image, res, index)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.8))
-    for ax in np.atleast_1d(axes).flat:
+    fig = Figure(figsize=(cols * 2.6, rows * 2.8))
+    for ax in fig.subplots(rows, cols, squeeze=False).flat:
         ax.axis("off")
-    for ax, (title, img) in zip(np.atleast_1d(axes).flat, panels):
+    for ax, (title, img) in zip(fig.axes, panels):
         ax.imshow(img)
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 
@@ -218,6 +221,48 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
         yaxis2=dict(title="confidence", overlaying="y", side="right", range=[0, 1], tickformat=".0%"),
         legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
     )
+    return fig
+
+
+# ---------------------------------------------------------------------------- videos
+
+MAX_CHANGE_LABELS = 8  # more class names than this over one clip's width overlap into a smear
+
+
+def timeline_figure(result: VideoResult) -> go.Figure:
+    """Patch tokens after the last block and GFLOPs per frame over time; top-1 changes marked.
+
+    Every change is a red marker naming the new class on hover; at most ``MAX_CHANGE_LABELS``
+    of them, spread over the clip, also get a line and a written label.
+    """
+    rows = result.rows
+    t = [r.time_s for r in rows]
+    hover = [f"frame {r.frame}<br>top-1 {r.top1} ({r.confidence:.0%})" for r in rows]
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("Patch tokens after the last block", "GFLOPs per frame"))
+    fig.add_trace(go.Scatter(x=t, y=[r.final_tokens for r in rows], mode="lines+markers", name="tokens",
+                             text=hover, hovertemplate="%{text}<br>%{y} tokens<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Scatter(x=t, y=[r.gflops for r in rows], mode="lines+markers", name="GFLOPs",
+                             text=hover, hovertemplate="%{text}<br>%{y:.4f} GFLOPs<extra></extra>"), row=2, col=1)
+    if rows:
+        fig.add_hline(y=rows[0].full_gflops, line_dash="dash", line_color="grey", row=2, col=1,
+                      annotation_text="full model", annotation_position="top left")
+    changes = [r for r in rows if r.class_changed]
+    fig.add_trace(go.Scatter(
+        x=[r.time_s for r in changes], y=[r.final_tokens for r in changes], mode="markers", name="top-1 changes",
+        marker=dict(color="crimson", size=9, symbol="diamond"), text=[r.top1 for r in changes],
+        customdata=[[r.frame, r.confidence] for r in changes],
+        hovertemplate="frame %{customdata[0]}: top-1 changes to <b>%{text}</b> (%{customdata[1]:.0%})"
+                      "<extra></extra>"), row=1, col=1)
+    labelled = sorted({round(i) for i in np.linspace(0, len(changes) - 1, min(len(changes), MAX_CHANGE_LABELS))})
+    for r in (changes[i] for i in labelled):
+        fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=1, col=1,
+                      annotation_text=r.top1, annotation_position="top right", annotation_font_color="crimson")
+        fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=2, col=1)
+    title = (f"{len(changes)} top-1 changes: {len(labelled)} labelled, hover the red markers for all"
+             if len(labelled) < len(changes) else None)
+    fig.update_xaxes(title_text="time (s)", row=2, col=1)
+    fig.update_layout(height=460, showlegend=False, title=title, margin=dict(l=10, r=10, t=60 if title else 40, b=10))
     return fig
 
 

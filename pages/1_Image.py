@@ -51,7 +51,8 @@ p2.markdown("**Full model**")
 p2.dataframe(pd.DataFrame(top_full, columns=["class", "probability"]), hide_index=True, width="stretch")
 
 d1, d2 = st.columns(2)
-d1.download_button("Stage overlays (PNG)", viz.stage_figure_png(seen, res), file_name="ats-stages.png",
+# A callable: the figure is drawn when the button is pressed, not on every rerun.
+d1.download_button("Stage overlays (PNG)", lambda: viz.stage_figure_png(seen, res), file_name="ats-stages.png",
                    mime="image/png", disabled=not res.stages)
 d2.download_button("Trace (JSON)", ui.trace_json(res, full, loaded, settings, name), file_name="ats-trace.json",
                    mime="application/json")

@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ats_viz import InputError, synthetic
+from ats_viz import InputError, synthetic, viz
 from ats_viz import video as vid
 from ats_viz.models import model_hash
 
@@ -108,7 +108,7 @@ m[1].metric("GFLOPs per frame", f"{s.mean_gflops:.4f}", f"{s.min_gflops:.4f} to 
 m[2].metric("Saved over these frames", f"{s.saved_gflops:.3f} GFLOPs", f"{s.saved_fraction:.1%} of full",
             delta_color="off")
 m[3].metric("Top-1 changes", s.class_changes)
-st.plotly_chart(vid.timeline_figure(result), key="video_timeline")
+st.plotly_chart(viz.timeline_figure(result), key="video_timeline")
 
 st.subheader("Frame explorer")
 by_frame = {fr.row.frame: fr for fr in result.frames}

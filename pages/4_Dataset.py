@@ -12,7 +12,7 @@ import torch
 import ui
 from ats_viz import InputError, viz
 from ats_viz import evaluate as ev
-from ats_viz.data import cache_root, extract_zip, heldout_folder, load_dataset
+from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldout_folder, load_dataset
 from ats_viz.methods import METHODS, REDUCERS, parse_ladder
 from ats_viz.models import model_hash
 
@@ -104,6 +104,14 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
     return folder, (str(folder / choice) if choice and choice != "class folders" else None)
 
 
+@st.cache_data(max_entries=16, show_spinner="Listing the dataset...")
+def listing(folder: str, class_names: tuple[str, ...], csv: str | None, subset: int | None, seed: int,
+            stamp: tuple) -> Dataset:
+    """load_dataset, walked again only when ``stamp`` (dataset_stamp: part of the cache key,
+    unused here) says the folder changed: not on every rerun of the page."""
+    return load_dataset(folder, class_names, csv, subset, seed)
+
+
 def duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
@@ -141,7 +149,8 @@ st.caption("Stages come from the sidebar (" + (settings.stages_text or "each met
            "ladders span about the same GFLOPs for every method, so their curves share one axis.")
 try:
     runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages, int(seed))
-    dataset = load_dataset(chosen[0], loaded.class_names, chosen[1], int(subset) or None, int(seed))
+    dataset = listing(str(chosen[0]), tuple(loaded.class_names), chosen[1], int(subset) or None, int(seed),
+                      dataset_stamp(*chosen))
 except InputError as err:
     st.error(str(err))
     st.stop()

@@ -1,6 +1,10 @@
+import io
+
+import numpy as np
+import pytest
 import timm
 import torch
-import pytest
+from PIL import Image
 
 
 def sharpen(net, factor: float = 4.0):
@@ -27,3 +31,32 @@ def images():
     for i, r in enumerate((20, 40, 70, 100)):
         x[i, :, 60:60 + r, 50:50 + r] += 2.0
     return x
+
+
+@pytest.fixture(scope="session")
+def phone_photo():
+    """A 96 x 64 JPEG as a phone stores it, red in the stored top-left corner, with the EXIF
+    orientation (1, 3, 6 or 8) saying how to turn it upright."""
+    def make(orientation: int) -> bytes:
+        arr = np.full((64, 96, 3), 200, np.uint8)
+        arr[:24, :24] = (255, 0, 0)
+        img = Image.fromarray(arr)
+        exif = img.getexif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+        return buf.getvalue()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def red_corner():
+    """Which corner of a picture (PIL or array) holds phone_photo's red square."""
+    def find(img) -> str:
+        arr = np.asarray(img).astype(int)
+        corners = {"top-left": arr[:12, :12], "top-right": arr[:12, -12:],
+                   "bottom-left": arr[-12:, :12], "bottom-right": arr[-12:, -12:]}
+        return next(k for k, c in corners.items() if c[..., 0].mean() > 200 and c[..., 1].mean() < 80)
+
+    return find

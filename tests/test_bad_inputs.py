@@ -337,6 +337,18 @@ def test_odd_image_modes_decode_to_rgb_of_the_same_size(mode):
     assert np.asarray(img).std() > 0  # a picture, not a blank
 
 
+@pytest.mark.parametrize("orientation, size, corner", [
+    (1, (96, 64), "top-left"),  # as stored
+    (3, (96, 64), "bottom-right"),  # upside down
+    (6, (64, 96), "top-right"),  # a phone held upright: stored turned a quarter to the left
+    (8, (64, 96), "bottom-left"),
+])
+def test_phone_photos_are_read_upright(phone_photo, red_corner, orientation, size, corner):
+    img = read_image(phone_photo(orientation), f"phone-{orientation}.jpg")
+    assert img.size == size
+    assert red_corner(img) == corner
+
+
 # ============================================================================ videos
 
 VIDEO_LIBRARY_ROWS = [

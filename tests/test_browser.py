@@ -38,7 +38,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 from ats_viz import ATSConfig, run_ats, synthetic  # noqa: E402
 from ats_viz.data import read_image  # noqa: E402
-from ats_viz.models import load_model  # noqa: E402
+from ats_viz.models import SAMPLES, load_model  # noqa: E402
 
 START_S = 180  # the first page load imports torch and loads the model
 SLOW_MS = 180_000  # a model run on a busy 2-core machine
@@ -178,6 +178,8 @@ def test_home_page_says_what_ats_is(server, page):
     names = [links.nth(i).inner_text().strip() for i in range(links.count())]
     assert {"Image", "Compare", "Video"} <= set(names), names
     no_exception_box(page)
+    assert page.locator('[data-testid="stMainMenu"]').count()  # the menu is there...
+    assert not page.locator('[data-testid="stAppDeployButton"]').count()  # ...Streamlit's "Deploy" is not
     shot(page, "home")
     links.nth(names.index("Image")).click()  # the card's link opens the page
     page.get_by_text("Sampled tokens of one image").wait_for()
@@ -222,8 +224,8 @@ def test_compare_page_shows_four_budgets(server, page, model):
                  .filter(m => m.innerText.includes('Tokens kept')).length === 4""", timeout=SLOW_MS)
     settle(page)
     assert metrics.count() == 4
-    sample = sorted(p.name for p in (ROOT / "assets" / "samples").glob("*.png"))[0]
-    data = (ROOT / "assets" / "samples" / sample).read_bytes()
+    sample = sorted(p.name for p in SAMPLES.glob("*.png"))[0]
+    data = (SAMPLES / sample).read_bytes()
     assert metric_values(page, "Tokens kept") == [expected_tokens(model, data, ATSConfig(k=k))
                                                   for k in (None, 0.75, 0.5, 0.25)]
     assert images_loaded(page) >= 4

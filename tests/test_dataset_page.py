@@ -4,7 +4,9 @@ import io
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from ats_viz.__main__ import main
@@ -126,3 +128,61 @@ def test_gallery_shows_the_extremes_and_hands_one_to_the_image_page(monkeypatch,
     buttons[0].click().run()
     name, data = at.session_state["image_from_dataset"]
     assert name == fewest["image"] and data == (shapes / fewest["image"]).read_bytes()
+
+
+def test_the_gallery_shows_phone_photos_upright(monkeypatch, cache, tmp_path, phone_photo, red_corner):
+    """The gallery shows what the model saw: a portrait photo stands, as on the Image page."""
+    folder = tmp_path / "photos"
+    for label, orientation in (("circle", 6), ("square", 8)):
+        (folder / label).mkdir(parents=True)
+        (folder / label / f"phone-{orientation}.jpg").write_bytes(phone_photo(orientation))
+    shown = []
+    original = DeltaGenerator.image
+
+    def image(self, img, *args, **kwargs):
+        shown.append((kwargs.get("caption", ""), img))
+        return original(self, img, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "image", image)
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(folder)).run()
+    evaluate(at)
+    gallery = {caption.split(":")[0]: img for caption, img in shown if caption.startswith("circle/")
+               or caption.startswith("square/")}
+    assert set(gallery) == {"circle/phone-6.jpg", "square/phone-8.jpg"}
+    assert all(np.asarray(img).shape[:2] == (96, 64) for img in gallery.values())  # portrait
+    assert red_corner(gallery["circle/phone-6.jpg"]) == "top-right"
+    assert red_corner(gallery["square/phone-8.jpg"]) == "bottom-left"
+
+
+def test_the_folder_is_listed_once_and_again_when_it_changes(monkeypatch, cache, shapes):
+    import ats_viz.data
+
+    walks = []
+    original = ats_viz.data.load_dataset
+
+    def load_dataset(folder, *args):
+        if folder == str(shapes):  # not the held-out set of the page's first run
+            walks.append(folder)
+        return original(folder, *args)
+
+    monkeypatch.setattr(ats_viz.data, "load_dataset", load_dataset)
+    at = page(monkeypatch, "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at.number_input(key="ds_batch").set_value(8).run()  # reruns that leave the dataset alone
+    at.text_input(key="ds_k").set_value("147,98").run()
+    assert not at.exception and len(walks) == 1
+    assert "**10 images**" in " ".join(m.value for m in at.markdown)
+
+    circle = next((shapes / "circle").iterdir())
+    (shapes / "circle" / "again.png").write_bytes(circle.read_bytes())  # a new image in a class folder
+    at.run()
+    assert len(walks) == 2 and "**11 images**" in " ".join(m.value for m in at.markdown)
+
+    labels = shapes / "labels.csv"  # and a CSV, edited in place
+    labels.write_text(f"circle/{circle.name},circle\n")
+    at.text_input(key="ds_csv_path").set_value(str(labels)).run()
+    assert "**1 images**" in " ".join(m.value for m in at.markdown)
+    labels.write_text(f"circle/{circle.name},circle\ncircle/again.png,circle\n")
+    at.run()
+    assert len(walks) == 4 and "**2 images**" in " ".join(m.value for m in at.markdown)

@@ -11,13 +11,12 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz import ATSConfig, run_ats, synthetic, viz
 from ats_viz.methods import METHODS
 from ats_viz.data import read_image
-from ats_viz.models import ASSETS, load_model
+from ats_viz.models import SAMPLES, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = ASSETS / "samples"
 
 
 def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -83,6 +82,30 @@ def test_image_page_shows_the_sample_numbers(monkeypatch, model):
     assert metric(at, "GFLOPs") == f"{float(res.gflops[0]):.3f}"
     assert metric(at, "Saved") == f"{1 - float(res.gflops[0]) / res.full_gflops:.1%}"
     assert len(at.get("download_button")) == 2
+
+
+def test_image_page_draws_the_overlay_png_only_when_asked(monkeypatch, model):
+    drawn = []
+    monkeypatch.setattr(viz, "stage_figure_png", lambda *a, **k: drawn.append(a) or b"")
+    at = open_page(monkeypatch, "1_Image.py")
+    at.text_input(key="w_k").set_value("0.5").run()  # a rerun with a new result
+    assert not at.exception and len(at.get("download_button")) == 2
+    assert drawn == []
+
+
+def test_the_overlay_png_shows_every_stage_and_is_safe_from_server_threads(model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = (SAMPLES / sorted(p.name for p in SAMPLES.glob("*.png"))[0]).read_bytes()
+    x = model.prepare(read_image(data))
+    res = expected(model, data, ATSConfig(k=0.5))
+    seen = model.to_uint8(x[0])
+    with ThreadPoolExecutor(4) as pool:  # sessions download at once: no figure may leak into another
+        pngs = list(pool.map(lambda _: viz.stage_figure_png(seen, res), range(4)))
+    assert len(set(pngs)) == 1
+    img = Image.open(io.BytesIO(pngs[0]))
+    rows = -(-(1 + len(res.stages)) // 5)  # the input and one panel per stage, five to a row
+    assert img.size == (round(5 * 2.6 * 110), round(rows * 2.8 * 110))
 
 
 def test_uploaded_image_each_method(monkeypatch, model):

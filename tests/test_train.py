@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from ats_viz import ATSConfig, run_ats, synthetic
 from ats_viz.__main__ import main
-from ats_viz.train import ModelSpec, Recipe, build, train, write_checkpoint
+from ats_viz.arch import ModelSpec, build
+from ats_viz.train import Recipe, shapes_spec, train, write_checkpoint
 
 
 def digest(folder):
@@ -45,7 +46,7 @@ def test_video_frames_follow_the_object():
 
 
 def test_tiny_training_runs_saves_and_reloads(tmp_path):
-    spec = ModelSpec(width=32, depth=4, heads=2)
+    spec = shapes_spec(width=32, depth=4, heads=2)
     net = build(spec)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     logs = []
@@ -65,6 +66,6 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
 
 
 def test_training_with_ats_active_runs():
-    net = build(ModelSpec(width=32, depth=4, heads=2))
+    net = build(shapes_spec(width=32, depth=4, heads=2))
     train(net, Recipe(steps=1, batch=4, warmup=1, ats=True), log=lambda s: None)
     assert not net.training

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ats_viz import ATSConfig, InputError, run_ats, synthetic, video
+from ats_viz import ATSConfig, InputError, run_ats, synthetic, video, viz
 from ats_viz.__main__ import main
 from ats_viz.models import load_model
 
@@ -147,7 +147,7 @@ def test_summary_follows_the_rows(analysed):
     assert s.mean_gflops == pytest.approx(sum(g) / len(g))
     assert s.saved_gflops == pytest.approx(sum(s.full_gflops - v for v in g))
     assert s.saved_gflops > 0  # K = 98 of 196 prunes
-    fig = video.timeline_figure(analysed)
+    fig = viz.timeline_figure(analysed)
     assert list(fig.data[0].y) == [r.final_tokens for r in analysed.rows]
     assert list(fig.data[1].y) == pytest.approx(g)
 
@@ -235,3 +235,29 @@ def test_command_line(clip, tmp_path, capsys):
     assert main(["video", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "empty (0 bytes)" in err and "Traceback" not in err
+
+
+def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
+    """32 top-1 changes in 6 s (the issue's clip): written out, the names overlap into a red smear."""
+    top1 = [synthetic.CLASSES[(i + 1) // 2 % 10] for i in range(64)]  # a new class every other frame
+    rows = [video.FrameRow(frame=i, time_s=i * 6 / 64, stage_tokens=(100,), final_tokens=100 - i, gflops=0.2,
+                           full_gflops=0.375, top1=top1[i], top1_index=synthetic.CLASSES.index(top1[i]),
+                           confidence=0.5, class_changed=i > 0 and top1[i] != top1[i - 1])
+            for i in range(64)]
+    info = video.VideoInfo(None, 224, 224, 64 / 6, 64, "mp4v")
+    result = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows])
+    changes = [r for r in rows if r.class_changed]
+    assert len(changes) == 32
+    fig = viz.timeline_figure(result)
+    marks = fig.data[2]
+    assert list(marks.x) == [r.time_s for r in changes] and list(marks.text) == [r.top1 for r in changes]
+    labels = [a.text for a in fig.layout.annotations if a.font.color == "crimson"]
+    assert 1 < len(labels) <= viz.MAX_CHANGE_LABELS
+    assert labels[0] == changes[0].top1 and labels[-1] == changes[-1].top1  # the spread spans the clip
+    assert "hover" in fig.layout.title.text
+
+    few = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows[:6]])
+    fig = viz.timeline_figure(few)
+    assert [a.text for a in fig.layout.annotations if a.font.color == "crimson"] == \
+        [r.top1 for r in rows[:6] if r.class_changed]  # few changes: every one written
+    assert fig.layout.title.text is None
