@@ -116,6 +116,10 @@ def sidebar() -> Settings | None:
     return Settings(model, arch, config, st.session_state.stages)
 
 
+STAGE_LEGEND = ("Outlined: tokens that leave the stage; outlined in blue: patches fused into one token; "
+                "dimmed: patches dropped.",
+                "Each merged token tints the patches it holds in one colour, with a white line where two "
+                "meet; untinted patches are still tokens of their own.")
 GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring and sampling (O(N log N)) "
                "and ToMe's matching are left out, as in the papers.")
 
@@ -198,6 +202,7 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
         st.info("No ATS stage with these settings: every block keeps every token.")
         return
     panels = viz.stage_overlays(image, res, index)
+    st.caption(STAGE_LEGEND[res.config.method == "tome"])
     per_row = 5
     for start in range(0, len(panels), per_row):
         cols = st.columns(per_row)

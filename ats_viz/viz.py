@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # video.py draws with overlay() from here: a runtime import w
     from .video import VideoResult
 
 KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
-FUSED = (0, 200, 255)  # outline of patches fused into EViT's extra token (cyan: apart from amber)
+FUSED = (0, 200, 255)  # outline of patches held by a fused token (EViT): cyan, apart from amber
 OTHER = (90, 90, 90)  # a method the registry does not know (a saved table from elsewhere)
 
 
@@ -105,11 +105,16 @@ def groups_overlay(image: np.ndarray, groups: np.ndarray | torch.Tensor, grid: t
 
 
 def stage_view(image: np.ndarray, res: ATSResult, stage: StageTrace, index: int = 0) -> np.ndarray:
-    """What one stage left, drawn the way its method works: merged groups for ToMe, kept
-    tokens (and EViT's fused ones) for the others."""
+    """What one stage left, drawn the way its method works: merged groups for ToMe; for the
+    others the tokens of one patch outlined, the patches of a fused token (EViT) in their own
+    colour, and dropped patches dimmed."""
+    groups = stage.groups[index].numpy()
     if res.config.method == "tome":
-        return groups_overlay(image, stage.groups[index].numpy(), res.grid)
-    return overlay(image, stage.kept_mask[index].numpy(), res.grid, fused=stage.merged_mask[index].numpy())
+        return groups_overlay(image, groups, res.grid)
+    held = groups >= 0
+    sizes = np.bincount(groups[held], minlength=1)
+    fused = held & (sizes[np.where(held, groups, 0)] > 1)
+    return overlay(image, held & ~fused, res.grid, fused=fused)
 
 
 def stage_overlays(image: np.ndarray, res: ATSResult, index: int = 0) -> list[tuple[str, np.ndarray]]:

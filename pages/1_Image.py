@@ -7,7 +7,7 @@ import ui
 from ats_viz import ATSConfig, viz
 
 settings = ui.sidebar()
-st.title("Sampled tokens of one image")
+st.title("The tokens of one image, stage by stage")
 loaded = ui.model_or_error(settings) if settings else None
 chosen = ui.image_input("image")
 if loaded is None or chosen is None:
@@ -40,7 +40,7 @@ with right:
                 delta_color="normal" if agree else "inverse")
     st.plotly_chart(viz.tokens_figure({settings.config.label(): res, "full": full}), width="stretch")
 
-st.subheader("Tokens kept at each stage")
+st.subheader("What each stage keeps")
 ui.show_stages(seen, res)
 
 st.subheader("Predictions")

@@ -182,7 +182,7 @@ def test_home_page_says_what_ats_is(server, page):
     assert not page.locator('[data-testid="stAppDeployButton"]').count()  # ...Streamlit's "Deploy" is not
     shot(page, "home")
     links.nth(names.index("Image")).click()  # the card's link opens the page
-    page.get_by_text("Sampled tokens of one image").wait_for()
+    page.get_by_text("The tokens of one image, stage by stage").wait_for()
     assert page.url.rstrip("/").endswith("/Image")
     # The sidebar names every page, the home page as "Home" (Streamlit's own list said "app").
     nav = page.locator('[data-testid="stSidebar"] a[data-testid^="stPageLink"]')
@@ -207,7 +207,7 @@ def test_image_page_upload_shows_overlays_and_the_token_count(server, page, mode
     assert re.fullmatch(r"\d+ / 196", values[0])
     # the picture as the model sees it plus one overlay per ATS stage, all decoded
     stages = len(model.net.blocks) - len(model.net.blocks) // 4
-    page.get_by_text("Tokens kept at each stage").wait_for()
+    page.get_by_text("What each stage keeps").wait_for()
     assert images_loaded(page) >= 1 + stages
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2
     no_exception_box(page)
