@@ -18,6 +18,21 @@ def sharpen(net, factor: float = 4.0):
 
 
 @pytest.fixture(scope="session")
+def model():
+    """The shipped plain model, loaded once for the whole run (tests never change its weights)."""
+    from ats_viz.models import load_model
+
+    return load_model("embedded")
+
+
+@pytest.fixture
+def no_grad():
+    """Inference without autograd, for the tests that ask (training tests need gradients)."""
+    with torch.no_grad():
+        yield
+
+
+@pytest.fixture(scope="session")
 def deit_tiny():
     torch.manual_seed(0)
     return sharpen(timm.create_model("deit_tiny_patch16_224").eval())

@@ -193,11 +193,6 @@ def sandbox(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
-
-
-@pytest.fixture(scope="module")
 def small_set(tmp_path_factory) -> Path:
     return synthetic.write_imagefolder(tmp_path_factory.mktemp("ds") / "shapes", per_class=1, seed=5)
 

@@ -38,7 +38,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not 
 
 from ats_viz import ATSConfig, run_ats, synthetic  # noqa: E402
 from ats_viz.data import read_image  # noqa: E402
-from ats_viz.models import SAMPLES, load_model  # noqa: E402
+from ats_viz.models import SAMPLES  # noqa: E402
 
 START_S = 180  # the first page load imports torch and loads the model
 SLOW_MS = 180_000  # a model run on a busy 2-core machine
@@ -111,11 +111,6 @@ def page(browser):
     pg = context.new_page()
     yield pg
     context.close()
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
 
 
 def settle(page) -> None:

@@ -17,20 +17,9 @@ from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_set
                               sweep_batch, wilson)
 from ats_viz.methods import parse_ladder, parse_methods
 from ats_viz.vit import resolve
-from ats_viz.models import load_model
 from ats_viz.synthetic import CLASSES, sample, write_imagefolder
 
-
-
-@pytest.fixture(autouse=True)
-def no_grad():
-    with torch.no_grad():
-        yield
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ats_viz import ATSConfig, run_ats
 from ats_viz.flops import block_macs
 
-
-
-@pytest.fixture(autouse=True)
-def no_grad():
-    with torch.no_grad():
-        yield
+pytestmark = pytest.mark.usefixtures("no_grad")
 
 
 def test_deit_small_is_4_6_gflops():

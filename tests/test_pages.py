@@ -28,11 +28,6 @@ def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
-
-
 def expected(model, data: bytes, cfg: ATSConfig):
     with torch.no_grad():
         return run_ats(model.net, model.prepare(read_image(data)), cfg)

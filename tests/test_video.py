@@ -11,7 +11,6 @@ from PIL import Image
 
 from ats_viz import ATSConfig, InputError, run_ats, synthetic, video, viz
 from ats_viz.__main__ import main
-from ats_viz.models import load_model
 
 CONFIG = ATSConfig(k=98)
 
@@ -44,11 +43,6 @@ def read_all(path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory):
     return write_clip(tmp_path_factory.mktemp("v") / "square.mp4", 24, (96, 64))
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
 
 
 @pytest.fixture(scope="module")
