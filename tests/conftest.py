@@ -1,10 +1,31 @@
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
 from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def open_app(monkeypatch, page: str = "app.py", params: dict | None = None, state: dict | None = None,
+             timeout: float = 240) -> AppTest:
+    """A page run as `streamlit run app.py` serves it (the sidebar's links resolve against
+    app.py), with URL query parameters and session state set before the first run."""
+    monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    if page != "app.py":
+        at.switch_page(f"pages/{page}")
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
 
 
 def sharpen(net, factor: float = 4.0):

@@ -38,12 +38,12 @@ from PIL import Image
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
+from conftest import ROOT, open_app
 from ats_viz import InputError, synthetic, video
 from ats_viz.data import extract_zip, load_dataset, read_image
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.models import load_model
 
-ROOT = Path(__file__).resolve().parent.parent
 ARCH = "deit_tiny_patch16_224"
 CLASSES = list(synthetic.CLASSES)
 # A well-formed PNG (valid chunks and CRCs) whose header claims 20000 x 20000 pixels, 400 MP,
@@ -235,15 +235,6 @@ def cli_refusal(args: list[str], box) -> str:
 # ---------------------------------------------------------------------------- pages
 
 
-def open_page(monkeypatch, name: str, params: dict[str, str] | None = None) -> AppTest:
-    monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page(f"pages/{name}")
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    return at
-
-
 def errors(at: AppTest) -> str:
     return " | ".join(e.value for e in at.error)
 
@@ -288,7 +279,7 @@ def test_image_library(sandbox, what, says):
 ])
 def test_image_page_upload(monkeypatch, sandbox, name, what, says):
     data = make_input("image", what, sandbox.inputs, sandbox.marker).read_bytes()
-    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", name, data)
+    at = upload(open_app(monkeypatch, "1_Image.py"), "image_upload", name, data)
     no_exception(at)
     assert says in errors(at) and name in errors(at)
     assert not tokens_kept(at)
@@ -297,7 +288,7 @@ def test_image_page_upload(monkeypatch, sandbox, name, what, says):
 @pytest.mark.parametrize("name, data", [("notes.txt", b"hello"), ("clip.mp4", None), ("weights.pth", b"\x80\x04")])
 def test_image_page_never_processes_a_disallowed_extension(monkeypatch, sandbox, name, data):
     """The browser filters extensions; a client that bypasses it is stopped by Streamlit itself."""
-    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", name, data if data is not None else mp4())
+    at = upload(open_app(monkeypatch, "1_Image.py"), "image_upload", name, data if data is not None else mp4())
     assert at.exception and "extension" in at.exception[0].value.lower()
     assert not tokens_kept(at)
 
@@ -372,8 +363,6 @@ def test_video_analyse_refuses_before_any_model_run(sandbox, model):
     assert "is not a video that can be read" in refusal(video.analyse_video, model, path, ATSConfig())
 
 
-
-
 @pytest.mark.parametrize("what, says", [
     ("empty", "is empty (0 bytes)"),
     ("pickle", "is not a video that can be read"),
@@ -397,7 +386,7 @@ def test_video_command_line(sandbox, what, says):
 ])
 def test_video_page_upload(monkeypatch, sandbox, name, what, says):
     data = make_input("video", what, sandbox.inputs, sandbox.marker).read_bytes()
-    at = upload(open_page(monkeypatch, "3_Video.py"), "video_file", name, data)
+    at = upload(open_app(monkeypatch, "3_Video.py"), "video_file", name, data)
     no_exception(at)
     assert says in errors(at)
     assert not at.get("plotly_chart")
@@ -457,7 +446,7 @@ def test_checkpoint_command_line(sandbox, small_set, what, says):
 def test_checkpoint_named_in_the_url(monkeypatch, sandbox, what, says):
     """?source=file&ckpt=PATH makes the server read PATH: it must be read as weights or refused."""
     path = make_input("ckpt", what, sandbox.inputs, sandbox.marker)
-    at = open_page(monkeypatch, "1_Image.py", {"source": "file", "ckpt": str(path), "arch": ARCH})
+    at = open_app(monkeypatch, "1_Image.py", {"source": "file", "ckpt": str(path), "arch": ARCH})
     no_exception(at)
     assert says in errors(at)
     assert not tokens_kept(at)
@@ -565,7 +554,7 @@ def test_dataset_page_folder(monkeypatch, sandbox, small_set, what, says):
         else:
             path.write_bytes("circle/ä.png,circle\n".encode("latin-1"))
         csv = str(path)
-    at = open_page(monkeypatch, "4_Dataset.py")
+    at = open_app(monkeypatch, "4_Dataset.py")
     at.radio(key="ds_source").set_value("folder").run()
     at.text_input(key="ds_folder").set_value(folder)
     at.text_input(key="ds_csv_path").set_value(csv).run()
@@ -629,7 +618,7 @@ def test_zip_library(sandbox, what, make, says):
                                                                                 "bad CRC", "pickle")],
                          ids=["escaping", "bomb", "crc", "pickle"])
 def test_zip_page_upload(monkeypatch, sandbox, what, make, says):
-    at = open_page(monkeypatch, "4_Dataset.py")
+    at = open_app(monkeypatch, "4_Dataset.py")
     at.radio(key="ds_source").set_value("zip").run()
     upload(at, "ds_zip", "mine.zip", make(sandbox.marker))
     no_exception(at)
@@ -675,7 +664,7 @@ URL_ROWS = [
 
 @pytest.mark.parametrize("params, says", URL_ROWS)
 def test_url_query_parameters_on_the_image_page(monkeypatch, sandbox, params, says):
-    at = open_page(monkeypatch, "1_Image.py", params)
+    at = open_app(monkeypatch, "1_Image.py", params)
     no_exception(at)
     if says is None:
         assert not at.error, errors(at)

@@ -2,17 +2,15 @@
 
 import io
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
+from conftest import open_app
 from ats_viz.__main__ import main
 from ats_viz.synthetic import write_imagefolder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -27,9 +25,7 @@ def shapes(tmp_path):
 
 
 def page(monkeypatch, source: str) -> AppTest:
-    monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/4_Dataset.py")
-    at.run()
+    at = open_app(monkeypatch, "4_Dataset.py")
     at.radio(key="ds_source").set_value(source).run()
     assert not at.exception, at.exception
     return at
@@ -170,7 +166,7 @@ def test_the_folder_is_listed_once_and_again_when_it_changes(monkeypatch, cache,
     at = page(monkeypatch, "folder")
     at.text_input(key="ds_folder").set_value(str(shapes)).run()
     at.number_input(key="ds_batch").set_value(8).run()  # reruns that leave the dataset alone
-    at.text_input(key="ds_k").set_value("147,98").run()
+    at.text_input(key="ds_ladder_ats").set_value("147,98").run()
     assert not at.exception and len(walks) == 1
     assert "**10 images**" in " ".join(m.value for m in at.markdown)
 

@@ -3,7 +3,6 @@
 import io
 import json
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +10,11 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from conftest import open_app
 from ats_viz import ATSConfig, run_ats, synthetic, viz
 from ats_viz.methods import METHODS
 from ats_viz.data import read_image
 from ats_viz.models import SAMPLES, load_model
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def png(arr: np.ndarray, mode: str | None = None, fmt: str = "PNG") -> bytes:
@@ -33,17 +31,6 @@ def expected(model, data: bytes, cfg: ATSConfig):
         return run_ats(model.net, model.prepare(read_image(data)), cfg)
 
 
-def open_page(monkeypatch, name: str) -> AppTest:
-    monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
-    # Opened as `streamlit run app.py` serves it: the sidebar's page links resolve against app.py.
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    if name != "app.py":
-        at.switch_page(f"pages/{name}")
-    at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def metric(at: AppTest, label: str) -> str:
     return next(m.value for m in at.metric if m.label == label)
 
@@ -55,7 +42,7 @@ def upload(at: AppTest, key: str, name: str, data: bytes) -> AppTest:
 
 
 def test_home_says_what_ats_is_and_links_the_pages(monkeypatch):
-    at = open_page(monkeypatch, "app.py")  # the home page
+    at = open_app(monkeypatch, "app.py")  # the home page
     text = " ".join(m.value for m in at.markdown)
     assert "inverse transform sampling" in text and "class token" in text
     card = load_model("embedded").card["heldout"]
@@ -64,13 +51,13 @@ def test_home_says_what_ats_is_and_links_the_pages(monkeypatch):
 
 @pytest.mark.parametrize("name", ["app.py", "1_Image.py", "2_Compare.py", "3_Video.py", "4_Dataset.py"])
 def test_every_page_links_every_page_by_name(monkeypatch, name):
-    links = open_page(monkeypatch, name).sidebar.get("page_link")
+    links = open_app(monkeypatch, name).sidebar.get("page_link")
     assert [link.proto.label for link in links] == ["Home", "Image", "Compare", "Video", "Dataset"]
     assert [link.proto.page for link in links] == ["", "Image", "Compare", "Video", "Dataset"]
 
 
 def test_image_page_shows_the_sample_numbers(monkeypatch, model):
-    at = open_page(monkeypatch, "1_Image.py")
+    at = open_app(monkeypatch, "1_Image.py")
     name = at.selectbox(key="image_sample").value
     res = expected(model, (SAMPLES / name).read_bytes(), ATSConfig())
     assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
@@ -82,7 +69,7 @@ def test_image_page_shows_the_sample_numbers(monkeypatch, model):
 def test_image_page_draws_the_overlay_png_only_when_asked(monkeypatch, model):
     drawn = []
     monkeypatch.setattr(viz, "stage_figure_png", lambda *a, **k: drawn.append(a) or b"")
-    at = open_page(monkeypatch, "1_Image.py")
+    at = open_app(monkeypatch, "1_Image.py")
     at.text_input(key="w_k").set_value("0.5").run()  # a rerun with a new result
     assert not at.exception and len(at.get("download_button")) == 2
     assert drawn == []
@@ -106,7 +93,7 @@ def test_the_overlay_png_shows_every_stage_and_is_safe_from_server_threads(model
 def test_uploaded_image_each_method(monkeypatch, model):
     img, _ = synthetic.sample((7, 7), label=3)
     data = png(img)
-    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", "mine.png", data)
+    at = upload(open_app(monkeypatch, "1_Image.py"), "image_upload", "mine.png", data)
     for method in ("ats", "topk", "random", "full", "tome", "evit"):
         at.selectbox(key="w_method").set_value(method).run()
         if method in ("ats", "topk", "random"):
@@ -123,7 +110,7 @@ def test_uploaded_image_each_method(monkeypatch, model):
 
 
 def test_settings_live_in_the_url_and_bad_settings_get_a_sentence(monkeypatch):
-    at = open_page(monkeypatch, "1_Image.py")
+    at = open_app(monkeypatch, "1_Image.py")
     at.text_input(key="w_k").set_value("49").run()
     assert at.query_params["k"] == ["49"] or at.query_params["k"] == "49"
     at.text_input(key="w_k").set_value("1").run()
@@ -142,11 +129,7 @@ def test_settings_live_in_the_url_and_bad_settings_get_a_sentence(monkeypatch):
 
 
 def test_settings_arrive_from_the_url(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
-    at.query_params["k"] = "30"
-    at.query_params["method"] = "topk"
-    at.run()
+    at = open_app(monkeypatch, "1_Image.py", params={"k": "30", "method": "topk"})
     assert metric(at, "Tokens kept") == "30 / 196"
 
 
@@ -172,7 +155,7 @@ BIG = png_claiming(20000, 20000)
     ],
 )
 def test_bad_uploads_get_a_sentence_and_the_page_recovers(monkeypatch, name, data, text):
-    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", name, data)
+    at = upload(open_app(monkeypatch, "1_Image.py"), "image_upload", name, data)
     assert text in at.error[0].value
     good = png(synthetic.sample((3, 3))[0])
     at = upload(at, "image_upload", "good.png", good)
@@ -188,12 +171,12 @@ def test_every_image_mode_is_handled(monkeypatch, mode):
         data = png(arr, "CMYK", fmt="JPEG")
     else:
         data = png(arr, mode)
-    at = upload(open_page(monkeypatch, "1_Image.py"), "image_upload", f"x-{mode}.png", data)
+    at = upload(open_app(monkeypatch, "1_Image.py"), "image_upload", f"x-{mode}.png", data)
     assert not at.error and metric(at, "Tokens kept").endswith("/ 196")
 
 
 def test_compare_ladder_columns_match_the_library(monkeypatch, model):
-    at = open_page(monkeypatch, "2_Compare.py")
+    at = open_app(monkeypatch, "2_Compare.py")
     data = (SAMPLES / at.selectbox(key="compare_sample").value).read_bytes()
     tokens = [m.value for m in at.metric if m.label == "Tokens at the end"]
     gflops = [m.value for m in at.metric if m.label == "GFLOPs"]
@@ -208,7 +191,7 @@ def test_compare_ladder_columns_match_the_library(monkeypatch, model):
 
 
 def test_compare_methods_at_equal_cost(monkeypatch, model):
-    at = open_page(monkeypatch, "2_Compare.py")
+    at = open_app(monkeypatch, "2_Compare.py")
     data = (SAMPLES / at.selectbox(key="compare_sample").value).read_bytes()
     at.radio(key="compare_mode").set_value("Methods at equal cost").run()
     assert not at.exception and not at.error
@@ -230,11 +213,8 @@ def test_compare_methods_at_equal_cost(monkeypatch, model):
 
 
 def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
-    monkeypatch.syspath_prepend(str(ROOT))
     data = png(synthetic.sample((9, 9), label=6)[0])
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
-    at.session_state["image_from_dataset"] = ("hexagon/x.png", data)
-    at.run()
+    at = open_app(monkeypatch, "1_Image.py", state={"image_from_dataset": ("hexagon/x.png", data)})
     assert "Showing hexagon/x.png from the Dataset page." in at.info[0].value
     res = expected(model, data, ATSConfig())
     assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"

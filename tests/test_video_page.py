@@ -1,22 +1,15 @@
 """The Video page through Streamlit's AppTest: the sample clip, an upload, a bad upload."""
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import open_app
 from ats_viz import synthetic
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
 def page(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))  # the page imports ui.py from the app's folder
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/3_Video.py")
-    at.run()
-    assert not at.exception
-    return at
+    return open_app(monkeypatch, "3_Video.py")
 
 
 def analyse(at: AppTest, frames: int) -> AppTest:
