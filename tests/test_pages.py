@@ -2,15 +2,18 @@
 
 import io
 import json
+import os
+import time
 import zlib
 
 import numpy as np
 import pytest
+import timm
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import open_app
+from conftest import open_app, sharpen
 from ats_viz import ATSConfig, run_ats, synthetic, viz
 from ats_viz.methods import METHODS
 from ats_viz.data import read_image
@@ -220,3 +223,32 @@ def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
     assert metric(at, "Tokens kept") == f"{int(res.patch_counts[0, -1])} / 196"
     at.button(key="image_unsend").click().run()
     assert "image_from_dataset" not in at.session_state
+
+
+def test_two_checkpoints_of_one_name_give_their_own_results(monkeypatch, tmp_path):
+    """Runs are cached by the weights' digest and models by the file's stamp, not by its name:
+    two w.safetensors in two folders, and a file rewritten in place, each show their own answer."""
+    from safetensors.torch import save_file
+
+    arch = "deit_tiny_patch16_224"
+    paths = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        (tmp_path / str(seed)).mkdir()
+        paths.append(tmp_path / str(seed) / "w.safetensors")
+        save_file(sharpen(timm.create_model(arch)).state_dict(), str(paths[-1]))
+    at = open_app(monkeypatch, "1_Image.py", params={"source": "file", "arch": arch})
+    data = (SAMPLES / at.selectbox(key="image_sample").value).read_bytes()
+
+    def shown_and_expected(path) -> tuple[str, str]:
+        at.text_input(key="w_ckpt").set_value(str(path)).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+        res = expected(load_model(str(path), arch), data, ATSConfig())
+        return metric(at, "GFLOPs"), f"{float(res.gflops[0]):.3f}"
+
+    first, second = shown_and_expected(paths[0]), shown_and_expected(paths[1])
+    assert first[0] == first[1] and second[0] == second[1] and first[0] != second[0]
+    paths[0].write_bytes(paths[1].read_bytes())  # retrained in place: now the second model's weights
+    os.utime(paths[0], ns=(time.time_ns() + 10**9,) * 2)
+    again = shown_and_expected(paths[0])
+    assert again[0] == again[1] == second[0]
