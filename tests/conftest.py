@@ -6,15 +6,16 @@ import pytest
 import timm
 import torch
 from PIL import Image
-from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def open_app(monkeypatch, page: str = "app.py", params: dict | None = None, state: dict | None = None,
-             timeout: float = 240) -> AppTest:
+             timeout: float = 240):
     """A page run as `streamlit run app.py` serves it (the sidebar's links resolve against
     app.py), with URL query parameters and session state set before the first run."""
+    from streamlit.testing.v1 import AppTest  # here, so the library's tests run where Streamlit is not
+
     monkeypatch.syspath_prepend(str(ROOT))  # pages import ui.py from the app's folder
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
     if page != "app.py":
