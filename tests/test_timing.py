@@ -1,17 +1,22 @@
 """Measured speed: what the tables and pages say, how runs are ordered and counted, and the
 refusals. Nothing here asserts how fast anything is: the machine is shared and noisy."""
 
+import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from streamlit.testing.v1 import AppTest
 
 from ats_viz import ATSConfig, InputError, run_ats, timing, viz
 from ats_viz.__main__ import main
-from ats_viz.data import load_dataset
+from ats_viz.data import load_dataset, read_image
 from ats_viz.evaluate import make_settings, run_sweep
-from ats_viz.models import load_model
+from ats_viz.models import ASSETS, load_model
 from ats_viz.synthetic import write_imagefolder
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +168,69 @@ def test_evaluate_time_fills_the_summary(folder, tmp_path, monkeypatch):
     assert main(["evaluate", "--data", str(folder), "--methods", "ats", "--k", "0.5", "--batch", "4",
                  "--out", str(tmp_path / "off")]) == 0
     assert "ms_per_image" not in pd.read_csv(tmp_path / "off" / "summary.csv").columns  # off by default
+
+
+def test_image_page_times_only_when_asked(monkeypatch, model):
+    calls = []
+    real = timing.time_settings
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(timing, "time_settings", counting)
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
+    at.run()
+    assert not at.exception, at.exception
+    labels = [m.label for m in at.metric]
+    assert calls == [] and "full: measured" not in labels  # nothing timed on opening the page
+    at.button(key="image_speed").click().run()
+    assert not at.exception, at.exception
+    assert len(calls) == 1
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["ats K=all: measured"].endswith(" ms") and shown["full: measured"].endswith(" ms")
+    data = (ASSETS / "samples" / at.selectbox(key="image_sample").value).read_bytes()
+    res = run_ats(model.net, model.prepare(read_image(data)), ATSConfig())
+    assert shown["GFLOPs ratio"] == f"{res.full_gflops / float(res.gflops[0]):.2f}x"
+    assert shown["Measured speed-up"].endswith("x")
+    assert any("thread" in c.value for c in at.caption)
+    at.run()  # a rerun shows the kept timing without timing again
+    assert len(calls) == 1 and "full: measured" in [m.label for m in at.metric]
+    at.text_input(key="w_k").set_value("0.5").run()  # another setting: not timed until asked
+    assert len(calls) == 1 and "full: measured" not in [m.label for m in at.metric]
+
+
+def test_compare_page_times_every_column_when_asked(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/2_Compare.py")
+    at.run()
+    assert not [m for m in at.metric if m.label == "Measured"]
+    at.button(key="compare_speed").click().run()
+    assert not at.exception, at.exception
+    measured = [m for m in at.metric if m.label == "Measured"]
+    assert len(measured) == len([m for m in at.metric if m.label == "GFLOPs"]) == 4  # one per column
+    assert all(m.value.endswith(" ms") for m in measured)
+    assert any(m.label == "full: measured" for m in at.metric)
+
+
+def test_dataset_page_measures_on_demand_and_switches_the_axis(monkeypatch, folder, tmp_path):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/4_Dataset.py")
+    at.run()
+    at.radio(key="ds_source").set_value("folder").run()
+    at.text_input(key="ds_folder").set_value(str(folder)).run()
+    at.multiselect(key="ds_methods").set_value(["ats"]).run()
+    at.text_input(key="ds_ladder_ats").set_value("0.5").run()
+    at.number_input(key="ds_batch").set_value(4).run()
+    at.button(key="ds_go").click().run()
+    assert not at.exception, at.exception
+    assert "ms_per_image" not in at.dataframe[0].value.columns  # no timing unless asked
+    at.button(key="ds_time").click().run()
+    assert not at.exception, at.exception
+    summary = at.dataframe[0].value
+    assert list(summary["setting"]) == ["full", "ats K=0.5"] and summary["ms_per_image"].notna().all()
+    at.radio(key="ds_curve_x").set_value("ms_per_image").run()
+    curve = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert curve["layout"]["xaxis"]["title"]["text"] == "measured ms per image"
