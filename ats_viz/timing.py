@@ -56,8 +56,8 @@ class Machine:
         return f"{self.device} ({self.name}), {self.threads} thread{'' if self.threads == 1 else 's'}"
 
 
-def machine(device: str | torch.device = "cpu") -> Machine:
-    dev = torch.device(device)
+def machine(device: str = "cpu") -> Machine:
+    dev = check_device(device)
     if dev.type == "cuda":
         name = torch.cuda.get_device_name(dev)
     else:
@@ -135,8 +135,7 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
         raise InputError(f"The batches to time differ in size ({sorted(sizes)}); time one batch size at a time.")
     check_vit(net)
     depth, patches = len(net.blocks), net.patch_embed.num_patches
-    # The reference first, then each other setting once (repr: two stages lists, one label).
-    settings = list({repr(c): c for c in [REFERENCE, *configs]}.values())
+    settings = with_reference(configs)
     for cfg in settings:
         resolve(cfg, depth, patches)  # an impossible setting is refused before any run
     dev = check_device(device)
@@ -175,6 +174,12 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
             for cfg, s, g in zip(settings, seconds, gflops)]
 
 
+def with_reference(configs: Sequence[ATSConfig]) -> list[ATSConfig]:
+    """The full model first, then each other setting once (by repr: settings that differ only
+    in their stages share a label)."""
+    return list({repr(c): c for c in [REFERENCE, *configs]}.values())
+
+
 def table(measured: Sequence[Measured]) -> pd.DataFrame:
     """One row per setting and batch size: CSV_COLUMNS, then the spread (ms per image at the
     first and third quartiles). Speed-up and GFLOPs ratio are over the full model at the same
@@ -205,7 +210,7 @@ def benchmark(net: VisionTransformer, pool: Tensor, configs: Sequence[ATSConfig]
     """Every setting (and the full model) at every batch size: ``table`` of all of them.
     Batch 1 gives the latency of one image, a large batch the throughput."""
     sizes = check_batch_sizes(batch_sizes)
-    n = len({repr(c): c for c in [REFERENCE, *configs]})
+    n = len(with_reference(configs))
     total = len(sizes) * (warmup + repeats) * n
     before = 0
     measured: list[Measured] = []
