@@ -17,7 +17,7 @@ from ats_viz.data import IMAGE_TYPES, read_image
 from ats_viz.methods import METHODS, get, parse_stages
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.vit import ATSResult, resolve
-from ats_viz import viz
+from ats_viz import timing, viz
 
 PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
          "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
@@ -160,9 +160,41 @@ def run_cached(_loaded: LoadedModel, weights: str, image_key: str, _x: torch.Ten
         return run_ats(_loaded.net, _x, config)
 
 
+def digest(x: torch.Tensor) -> str:
+    return hashlib.sha1(x.numpy().tobytes()).hexdigest()
+
+
 def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
-    digest = hashlib.sha1(x.numpy().tobytes()).hexdigest()
-    return run_cached(loaded, model_hash(loaded.net), digest, x, config)
+    return run_cached(loaded, model_hash(loaded.net), digest(x), x, config)
+
+
+SPEED_WARMUP, SPEED_REPEATS = 3, 10
+_SPEED_KEPT = 32  # timings kept per session: enough to go back and forth between images and settings
+
+
+def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig],
+                   key: str) -> dict[str, timing.Measured] | None:
+    """A "Measure speed" button: the image timed under ``configs`` and the full model, only
+    when pressed (a timing takes seconds, and reruns happen on every click). Kept in session
+    state by image, weights and settings, so it shows again until one of them changes.
+    Returns {setting label: Measured}, the full model's under "full"; None before the press."""
+    speeds = st.session_state.setdefault("speed", {})
+    stored = (digest(x), model_hash(loaded.net), tuple(repr(c) for c in configs))
+    if st.button("Measure speed", key=f"{key}_speed",
+                 help=f"Times this image: {SPEED_WARMUP} warm-up and {SPEED_REPEATS} timed runs of each setting "
+                      "and of the full model, interleaved, on this server's CPU."):
+        with st.spinner("Timing..."):
+            measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS)
+        speeds[stored] = ({m.label: m for m in measured}, str(timing.machine("cpu")))
+        while len(speeds) > _SPEED_KEPT:
+            speeds.pop(next(iter(speeds)))
+    hit = speeds.get(stored)
+    if hit is None:
+        return None
+    st.caption(f"Median of {SPEED_REPEATS} timed runs after {SPEED_WARMUP} warm-up runs, every setting in turn, "
+               f"measured on {hit[1]}. The full model runs as timm's own forward. Timings move with the "
+               "machine's load; the speed-up is measured in the same run, so it moves less.")
+    return hit[0]
 
 
 def image_input(key: str) -> tuple[str, bytes] | None:

@@ -79,10 +79,84 @@ def _evaluate(args: argparse.Namespace) -> None:
         print(f"from the cache: {', '.join(result.cached)}", file=sys.stderr)
     for name, why in result.skipped:
         print(f"skipped {name}: {why}", file=sys.stderr)
-    paths = write_results(result, args.out)
-    table = result.summary()[["setting", "images", "top1", "ci_low", "ci_high", "gflops_mean", "tokens_final_mean"]]
+    columns = ["setting", "images", "top1", "ci_low", "ci_high", "gflops_mean", "tokens_final_mean"]
+    timed = None
+    if args.time:
+        from .timing import add_timing, machine, time_dataset
+
+        print(f"timing every setting on {machine(args.device)}", file=sys.stderr)
+        with tqdm(unit="run", desc="time") as bar:
+            def tick(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            timed = time_dataset(model, dataset, settings, args.batch, args.device, progress=tick)
+        columns += ["ms_per_image", "images_per_s"]
+    paths = write_results(result, args.out, timed)
+    table = result.summary() if timed is None else add_timing(result.summary(), timed)
+    table = table[columns]
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+
+
+def _benchmark(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    import torch
+    from tqdm import tqdm
+
+    from . import timing
+    from .data import heldout_folder
+    from .evaluate import check_device, make_settings
+    from .models import EMBEDDED, load_model
+    from .viz import speed_figure, speed_png
+
+    # Every refusal before the model loads: typos cost nothing.
+    settings = make_settings(_ladders(args), parse_stages(args.stages))
+    settings = [replace(c, fuse_token=args.fuse_token) if c.method == "evit" else c for c in settings]
+    sizes = timing.parse_batch_sizes(args.batch)
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats}: give at least 1 timed run per setting (10 or more for a record).")
+    if args.warmup < 0:
+        raise InputError(f"--warmup {args.warmup}: give 0 or more warm-up runs.")
+    if args.threads is not None and args.threads < 1:
+        raise InputError(f"--threads {args.threads}: give at least 1 thread.")
+    check_device(args.device)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
+    if args.data and not Path(args.data).expanduser().is_dir():
+        raise InputError(f"--data '{args.data}' is not a folder: give an ImageFolder of images to time on.")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    model = load_model(args.model, arch=args.arch)
+    pool_size = 2 * max(sizes)  # a large batch's repetitions alternate between two batches of images
+    folder = args.data or (heldout_folder() if args.model in EMBEDDED else None)
+    if folder is None:
+        pool = timing.random_images(pool_size, model.input_size)
+        source = "random normalised tensors (give --data FOLDER for real images: ATS's cost follows them)"
+    else:
+        pool = timing.folder_images(folder, pool_size, model)
+        source = f"{len(pool)} images from {folder}"
+    where = timing.machine(args.device)
+    print(f"{model.name} on {where}, torch {torch.__version__}; inputs: {source}", file=sys.stderr)
+    with tqdm(unit="run", desc="benchmark") as bar:
+        def show(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        table = timing.benchmark(model.net, pool, settings, sizes, args.warmup, args.repeats, args.device, show)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table[timing.CSV_COLUMNS].to_csv(out / "benchmark.csv", index=False)
+    title = f"{model.name} on {where}; median of {args.repeats} runs"
+    speed_figure(table, title).write_html(out / "benchmark.html", include_plotlyjs=True)
+    speed_png(table, out / "benchmark.png", title)
+    shown = table.assign(ms_iqr=table["ms_q1"].map("{:.2f}".format) + "-" + table["ms_q3"].map("{:.2f}".format))
+    print(shown[["setting", "batch", "ms_per_image", "ms_iqr", "images_per_s", "gflops", "speedup", "gflops_ratio"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"inputs: {source}")
+    print(f"wrote {out / 'benchmark.csv'}, {out / 'benchmark.png'}, {out / 'benchmark.html'}")
 
 
 def _ladders(args: argparse.Namespace) -> dict:
@@ -191,7 +265,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="results")
     p.add_argument("--cache", help="the cache folder (default: $ATS_VIZ_CACHE/sweeps or ~/.cache/ats-viz/sweeps)")
     p.add_argument("--no-cache", action="store_true", help="compute everything and cache nothing")
+    p.add_argument("--time", action="store_true",
+                   help="also time every setting on a few batches of the dataset's images: ms_per_image and "
+                        "images_per_s in summary.csv")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("benchmark", help="time settings on this machine: measured speed-up beside the GFLOPs ratio")
+    p.add_argument("--model", default="embedded", help="embedded, embedded-ats, timm:NAME or a checkpoint file")
+    p.add_argument("--arch", help="the timm architecture of a checkpoint file")
+    p.add_argument("--data", help="an ImageFolder to time on (default: the bundled held-out set for the shipped "
+                                  "models, random normalised tensors otherwise)")
+    p.add_argument("--methods", default="ats,topk,tome,evit",
+                   help=f"comma-separated, of {', '.join(METHODS)} (full is always in: the reference)")
+    _method_options(p, ladder=True)
+    p.add_argument("--batch", default="1,32", help="batch sizes, comma-separated: 1 for latency, more for throughput")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs of each setting at each batch size")
+    p.add_argument("--warmup", type=int, default=3, help="untimed runs of each setting first")
+    p.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--out", default="benchmark", help="the folder for benchmark.csv, .png and .html")
+    p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("video", help="run a video through ATS frame by frame: annotated MP4 and per-frame CSV")
     p.add_argument("input", help="an MP4, AVI, MOV, WebM or MKV file")

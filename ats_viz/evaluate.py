@@ -373,15 +373,26 @@ def _setting_doc(cfg: ATSConfig) -> dict:
     return doc
 
 
+<<<<<<< HEAD
 def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
     # Imported here: sweeping (evaluate's import) must not load plotly, matplotlib and OpenCV.
     from .viz import curve_figure, curve_png
 
+=======
+def write_results(result: SweepResult, out: Path | str, timed: pd.DataFrame | None = None) -> dict[str, Path]:
+    """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest;
+    ``timed`` (``timing.time_dataset``) adds measured ms_per_image and images_per_s to the summary."""
+    from .viz import curve_figure, curve_png  # drawing only here: a sweep itself needs no plotting
+>>>>>>> timing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()
     summary = summarize(per_image, result.full_gflops)
+    if timed is not None:
+        from .timing import add_timing  # timing imports this module
+
+        summary = add_timing(summary, timed)
     paths = {name: out / name for name in RESULT_FILES}
     per_image.to_csv(paths["per_image.csv"], index=False)
     summary.to_csv(paths["summary.csv"], index=False)
@@ -432,10 +443,10 @@ def load_results(folder: Path | str) -> SavedSweep:
     return SavedSweep(per_image, summary, manifest)
 
 
-def results_zip(result: SweepResult) -> bytes:
+def results_zip(result: SweepResult, timed: pd.DataFrame | None = None) -> bytes:
     """The results folder as a ZIP, for a download that the Dataset page can open again."""
     buf = io.BytesIO()
     with tempfile.TemporaryDirectory(prefix="ats-viz-") as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for name, path in write_results(result, tmp).items():
+        for name, path in write_results(result, tmp, timed).items():
             z.write(path, name)
     return buf.getvalue()

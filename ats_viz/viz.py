@@ -15,6 +15,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from .ats import sampling_picture
+from .errors import InputError
 from .methods import METHODS
 from .vit import ATSResult, StageTrace
 
@@ -274,16 +275,32 @@ def timeline_figure(result: VideoResult) -> go.Figure:
 # ---------------------------------------------------------------------------- dataset sweeps
 # The figures of evaluate.py's tables (per_image and summary).
 
-def curve_figure(summary: pd.DataFrame) -> go.Figure:
-    """Top-1 (95% CI bars) against mean GFLOPs: one line per method, the full model a star."""
+# The accuracy curve's x axes: {summary column: (axis title, hover text)}. Measured ms come
+# from a timing pass (timing.add_timing), GFLOPs from every sweep.
+CURVE_X = {"gflops_mean": ("mean GFLOPs per image", "%{x:.3f} GFLOPs"),
+           "ms_per_image": ("measured ms per image", "%{x:.2f} ms per image")}
+
+
+def _curve_x(summary: pd.DataFrame, x: str) -> str:
+    if x not in CURVE_X:
+        raise InputError(f"The curve's x axis '{x}' is unknown: choose one of {', '.join(CURVE_X)}.")
+    if x not in summary or summary[x].isna().all():
+        raise InputError(f"The summary has no '{x}' column: measure speed first (evaluate --time).")
+    return x
+
+
+def curve_figure(summary: pd.DataFrame, x: str = "gflops_mean") -> go.Figure:
+    """Top-1 (95% CI bars) against mean GFLOPs, or against measured ms per image (``x``): one
+    line per method, the full model a star."""
+    x = _curve_x(summary, x)
     colours = setting_colours(summary)
     fig = go.Figure()
     for method, g in summary.groupby("method", sort=False):
-        g = g.sort_values("gflops_mean")
+        g = g.sort_values(x)
         full = method == "full"
         hue = method_colour(method)
         fig.add_trace(go.Scatter(
-            x=g["gflops_mean"], y=g["top1"] * 100, name=method_label(method), legendgroup=method, mode="markers" if full else "lines+markers",
+            x=g[x], y=g["top1"] * 100, name=method_label(method), legendgroup=method, mode="markers" if full else "lines+markers",
             line=dict(color=hue),
             marker=dict(color=[colours[s] for s in g["setting"]], size=14 if full else 9,
                         symbol="star" if full else "circle"),
@@ -293,28 +310,29 @@ def curve_figure(summary: pd.DataFrame) -> go.Figure:
                                  g["tokens_final_mean"], g["images"]], axis=1),
             hovertemplate=("<b>%{customdata[0]}</b>"
                            + "<br>top-1 %{y:.1f}% (95% CI %{customdata[1]:.1f} to %{customdata[2]:.1f})"
-                           "<br>%{x:.3f} GFLOPs<br>%{customdata[3]:.1f} patch tokens at the end"
+                           "<br>" + CURVE_X[x][1] + "<br>%{customdata[3]:.1f} patch tokens at the end"
                            "<br>%{customdata[4]} images<extra></extra>"),
         ))
-    fig.update_layout(xaxis_title="mean GFLOPs per image", yaxis_title="top-1 accuracy (%)",
+    fig.update_layout(xaxis_title=CURVE_X[x][0], yaxis_title="top-1 accuracy (%)",
                       legend_title="method", hovermode="closest", margin=dict(t=30))
     return fig
 
 
-def curve_png(summary: pd.DataFrame, path: Path | str) -> Path:
+def curve_png(summary: pd.DataFrame, path: Path | str, x: str = "gflops_mean") -> Path:
     """The accuracy curve as a PNG, drawn with matplotlib (plotly's PNG export needs kaleido)."""
     from matplotlib.figure import Figure
 
+    x = _curve_x(summary, x)
     fig = Figure(figsize=(6.4, 4.2), dpi=120)
     ax = fig.add_subplot()
     for method, g in summary.groupby("method", sort=False):
-        g = g.sort_values("gflops_mean")
+        g = g.sort_values(x)
         full = method == "full"
         err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
-        ax.errorbar(g["gflops_mean"], g["top1"] * 100, yerr=err, label=method_label(method), capsize=3,
+        ax.errorbar(g[x], g["top1"] * 100, yerr=err, label=method_label(method), capsize=3,
                     color=[c / 255 for c in method_rgb(method)],
                     marker="*" if full else "o", markersize=12 if full else 5, linestyle="none" if full else "-")
-    ax.set_xlabel("mean GFLOPs per image")
+    ax.set_xlabel(CURVE_X[x][0])
     ax.set_ylabel("top-1 accuracy (%), 95% CI")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -375,3 +393,65 @@ def class_accuracy_figure(per_image: pd.DataFrame, settings: Sequence[str],
                              hovertemplate="%{x}: %{y:.1f}% of %{customdata} images<extra>" + setting + "</extra>"))
     fig.update_layout(barmode="group", xaxis_title="class", yaxis_title="top-1 accuracy (%)", margin=dict(t=30))
     return fig
+
+
+# ---------------------------------------------------------------------------- measured speed
+# The figures of timing.py's tables: does a setting save time as its GFLOPs promise?
+
+_PLOTLY_MARKERS = ("circle", "square", "diamond", "triangle-up", "cross", "x", "star", "hexagon")
+_MPL_MARKERS = ("o", "s", "D", "^", "P", "X", "*", "h")
+
+
+def _speed_groups(table: pd.DataFrame):
+    """(method, batch, rows, marker index) for each method at each batch size."""
+    sizes = sorted(table["batch"].unique())
+    for (method, batch), g in table.groupby(["method", "batch"], sort=False):
+        yield method, int(batch), g, sizes.index(batch) % len(_PLOTLY_MARKERS)
+
+
+def _diagonal(table: pd.DataFrame) -> tuple[float, float]:
+    values = pd.concat([table["speedup"], table["gflops_ratio"]])
+    return min(0.9, float(values.min()) * 0.95), float(values.max()) * 1.05
+
+
+def speed_figure(table: pd.DataFrame, title: str = "") -> go.Figure:
+    """Measured speed-up against the GFLOPs ratio, both over the full model: on the line y = x
+    a setting saves time exactly as its GFLOPs promise; below it, overheads eat part of the
+    saving. One colour per method, one marker shape per batch size."""
+    lo, hi = _diagonal(table)
+    fig = go.Figure(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="speed-up = GFLOPs ratio",
+                               line=dict(color="gray", dash="dash"), hoverinfo="skip"))
+    for method, batch, g, marker in _speed_groups(table):
+        fig.add_trace(go.Scatter(
+            x=g["gflops_ratio"], y=g["speedup"], mode="markers", name=f"{method_label(method)}, batch {batch}",
+            legendgroup=method, marker=dict(color=method_colour(method), size=11, symbol=_PLOTLY_MARKERS[marker]),
+            customdata=np.stack([g["setting"], g["ms_per_image"], g["images_per_s"], g["gflops"]], axis=1),
+            hovertemplate=("<b>%{customdata[0]}</b>, batch " + str(batch)
+                           + "<br>speed-up %{y:.2f}x, GFLOPs ratio %{x:.2f}x<br>%{customdata[1]:.2f} ms per image, "
+                           "%{customdata[2]:.1f} images/s<br>%{customdata[3]:.3f} GFLOPs<extra></extra>"),
+        ))
+    fig.update_layout(title=title, xaxis_title="GFLOPs ratio (full / setting)",
+                      yaxis_title="measured speed-up (full time / setting time)", hovermode="closest",
+                      margin=dict(t=50))
+    return fig
+
+
+def speed_png(table: pd.DataFrame, path: Path | str, title: str = "") -> Path:
+    """speed_figure drawn with matplotlib, as a PNG."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.8), dpi=120)
+    ax = fig.add_subplot()
+    lo, hi = _diagonal(table)
+    ax.plot([lo, hi], [lo, hi], color="gray", linestyle="--", linewidth=1, label="speed-up = GFLOPs ratio")
+    for method, batch, g, marker in _speed_groups(table):
+        ax.scatter(g["gflops_ratio"], g["speedup"], color=[c / 255 for c in method_rgb(method)],
+                   marker=_MPL_MARKERS[marker], s=45, label=f"{method_label(method)}, batch {batch}")
+    ax.set_xlabel("GFLOPs ratio (full / setting)")
+    ax.set_ylabel("measured speed-up (full time / setting time)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    return Path(path)

@@ -40,6 +40,18 @@ with right:
                 delta_color="normal" if agree else "inverse")
     st.plotly_chart(viz.tokens_figure({settings.config.label(): res, "full": full}), width="stretch")
 
+speed = ui.measured_speed(loaded, x, [settings.config], "image")
+if speed is not None:
+    mine, ref = speed[settings.config.label()], speed["full"]
+    s = st.columns(4)
+    s[0].metric(f"{mine.label}: measured", f"{mine.ms_per_image:.1f} ms",
+                help=f"Interquartile range {mine.ms(0.25):.1f} to {mine.ms(0.75):.1f} ms")
+    s[1].metric("full: measured", f"{ref.ms_per_image:.1f} ms",
+                help=f"Interquartile range {ref.ms(0.25):.1f} to {ref.ms(0.75):.1f} ms")
+    s[2].metric("Measured speed-up", f"{ref.ms_per_image / mine.ms_per_image:.2f}x")
+    s[3].metric("GFLOPs ratio", f"{ref.gflops / mine.gflops:.2f}x",
+                help="Full GFLOPs over this setting's: the speed-up the GFLOPs promise.")
+
 st.subheader("What each stage keeps")
 ui.show_stages(seen, res)
 

@@ -55,11 +55,14 @@ with st.spinner(f"Running {len(configs)} settings..."):
     results = [ui.run(loaded, x, cfg) for cfg in configs]
 full = ui.run(loaded, x, ATSConfig(method="full"))
 
+speed = ui.measured_speed(loaded, x, configs, "compare")
+if speed is not None:
+    st.metric("full: measured", f"{speed['full'].ms_per_image:.1f} ms")
 total = full.grid[0] * full.grid[1]
 rows = []
 for start in range(0, len(results), 5):
     cols = st.columns(min(5, len(results)))
-    for col, title, res in zip(cols, titles[start:start + 5], results[start:start + 5]):
+    for col, title, cfg, res in zip(cols, titles[start:start + 5], configs[start:start + 5], results[start:start + 5]):
         top = viz.topk(res.logits[0], loaded.class_names, 1)[0]
         final = int(res.patch_counts[0, -1])
         gf = float(res.gflops[0])
@@ -69,6 +72,12 @@ for start in range(0, len(results), 5):
             st.metric("Tokens at the end", f"{final} / {total}")
             st.metric("GFLOPs", f"{gf:.3f}", f"{gf / res.full_gflops - 1:+.0%}", delta_color="inverse")
             st.metric("Top-1", top[0], f"{top[1]:.1%}", delta_color="off")
+            if speed is not None:
+                m = speed[cfg.label()]
+                st.metric("Measured", f"{m.ms_per_image:.1f} ms",
+                          f"{speed['full'].ms_per_image / m.ms_per_image:.2f}x speed-up", delta_color="off",
+                          help=f"GFLOPs ratio {speed['full'].gflops / m.gflops:.2f}x; interquartile range "
+                               f"{m.ms(0.25):.1f} to {m.ms(0.75):.1f} ms")
         rows.append((title, gf, top[1]))
 
 st.caption(ui.GFLOPS_NOTE)

@@ -10,7 +10,7 @@ import streamlit as st
 import torch
 
 import ui
-from ats_viz import InputError, viz
+from ats_viz import InputError, timing, viz
 from ats_viz import evaluate as ev
 from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldout_folder, load_dataset
 from ats_viz.methods import METHODS, REDUCERS, parse_ladder
@@ -30,7 +30,9 @@ FORMATS = {"top1": st.column_config.NumberColumn("top-1", format="percent"),
            "ci_high": st.column_config.NumberColumn("95% CI high", format="percent"),
            "gflops_mean": st.column_config.NumberColumn("mean GFLOPs", format="%.4f"),
            "gflops_saved": st.column_config.NumberColumn("saved", format="percent"),
-           "tokens_final_mean": st.column_config.NumberColumn("mean final tokens", format="%.1f")}
+           "tokens_final_mean": st.column_config.NumberColumn("mean final tokens", format="%.1f"),
+           "ms_per_image": st.column_config.NumberColumn("measured ms per image", format="%.2f"),
+           "images_per_s": st.column_config.NumberColumn("measured images/s", format="%.1f")}
 
 
 def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, class_names: list[str]) -> None:
@@ -38,7 +40,11 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
     if summary.empty:
         st.info("No image is done yet.")
         return
-    st.plotly_chart(viz.curve_figure(summary), key="ds_curve")
+    axis = "gflops_mean"
+    if "ms_per_image" in summary and summary["ms_per_image"].notna().any():
+        axis = st.radio("x axis", list(viz.CURVE_X), format_func=lambda c: viz.CURVE_X[c][0], horizontal=True,
+                        key="ds_curve_x")
+    st.plotly_chart(viz.curve_figure(summary, axis), key="ds_curve")
     st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its K, accuracy, GFLOPs and tokens.")
     st.dataframe(summary, hide_index=True, column_config=FORMATS)
     labels = list(summary["setting"])
@@ -210,6 +216,24 @@ if stored["cancelled"]:
 else:
     how = f"computed in {duration(result.seconds)}" if result.computed else "all from the cache"
     st.success(f"Done: {len(result.computed)} setting(s) computed, {len(result.cached)} from the cache ({how}).")
+# Timing is on demand: it takes a while, and a sweep read from the cache should stay instant.
+timed = stored.get("timing")
+if timed is not None and timed["at"] != (int(batch), device):
+    timed = None  # timed at another batch size or device than the page now asks for
+if not stored["cancelled"] and st.button("Measure speed", key="ds_time",
+                                         help=f"Times every setting on a few batches of {int(batch)} of these "
+                                              "images (1 warm-up and 3 timed, every setting in turn)."):
+    with st.spinner(f"Timing {len(runs)} settings..."):
+        try:
+            timed = {"at": (int(batch), device), "table": timing.time_dataset(loaded, dataset, runs, int(batch), device),
+                     "machine": str(timing.machine(device))}
+        except InputError as err:
+            st.error(str(err))
+    stored["timing"] = timed
+if timed is not None:
+    summary = timing.add_timing(summary, timed["table"])
+    st.caption(f"Measured ms per image: median of 3 batches of {timed['at'][0]}, every setting in turn, on "
+               f"{timed['machine']}; the full model as timm's own forward.")
 if result.skipped:
     with st.expander(f"{len(result.skipped)} unreadable image(s) skipped"):
         st.dataframe(pd.DataFrame(result.skipped, columns=["image", "why"]), hide_index=True)
@@ -219,5 +243,6 @@ d = st.columns(3)
 d[0].download_button("Per-image table (CSV)", per_image.to_csv(index=False), file_name="per_image.csv",
                      mime="text/csv")
 d[1].download_button("Summary (CSV)", summary.to_csv(index=False), file_name="summary.csv", mime="text/csv")
-d[2].download_button("Results folder (ZIP)", lambda: ev.results_zip(result), file_name="ats-results.zip",
+d[2].download_button("Results folder (ZIP)", lambda: ev.results_zip(result, None if timed is None else timed["table"]),
+                     file_name="ats-results.zip",
                      mime="application/zip", help="Open it again here with 'Open saved results'.")

@@ -1,0 +1,300 @@
+"""Measured speed beside GFLOPs: settings timed on this machine, fairly against each other.
+
+GFLOPs say what a setting should save; the clock says what it saves here, where small
+operations (ATS's scoring and sampling, gathering the kept rows) cost more than their
+multiply-accumulates. Every timing follows the same rules:
+
+- warm-up runs first, not counted (allocations, caches and lazy set-up settle);
+- then repetitions, each running every setting once in turn (interleaved), so a drift in the
+  machine's speed hits every setting alike; the order rotates each repetition, so no setting
+  always runs right after the same one (whose large products leave the caches cold);
+- the median of the timed runs, the interquartile range as the spread;
+- on CUDA, whose kernels are asynchronous, the device is synchronised before and after a run;
+- everything under ``torch.inference_mode()``;
+- the full model is always timed in the same run, as timm's own forward (the model as it runs
+  without this project), and every speed-up is over it.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor
+
+from .data import Dataset, load_dataset, read_image
+from .errors import InputError
+from .evaluate import check_device
+from .flops import full_gflops
+from .methods import METHODS, format_value
+from .models import LoadedModel
+from .vit import ATSConfig, check_vit, resolve, run_ats
+
+REFERENCE = ATSConfig(method="full")
+# benchmark.csv, in this order: what a person compares across machines and settings.
+CSV_COLUMNS = ["setting", "method", "k", "batch", "ms_per_image", "images_per_s", "gflops", "speedup",
+               "gflops_ratio"]
+_clock = time.perf_counter  # a module attribute, so tests can count with a fake clock
+
+
+@dataclass(frozen=True)
+class Machine:
+    """Where a timing ran: a number means little without it."""
+
+    device: str
+    name: str  # the GPU's or the CPU's model name
+    threads: int  # torch's intra-op threads
+
+    def __str__(self) -> str:
+        return f"{self.device} ({self.name}), {self.threads} thread{'' if self.threads == 1 else 's'}"
+
+
+def machine(device: str = "cpu") -> Machine:
+    dev = check_device(device)
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+    else:
+        name = platform.processor() or _cpu_model() or platform.machine()
+    return Machine(str(dev), name, torch.get_num_threads())
+
+
+def _cpu_model() -> str:
+    """The CPU's model name on Linux, where platform.processor() is usually empty."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+@dataclass
+class Measured:
+    """One setting's timed runs at one batch size."""
+
+    config: ATSConfig
+    batch: int
+    seconds: list[float]  # each timed run of a whole batch
+    gflops: float  # mean per image over the timed runs (each image's own)
+
+    @property
+    def label(self) -> str:
+        return self.config.label()
+
+    def ms(self, q: float = 0.5) -> float:
+        """Milliseconds per image at quantile ``q`` of the timed runs (0.5: the median)."""
+        return float(np.quantile(self.seconds, q)) * 1e3 / self.batch
+
+    @property
+    def ms_per_image(self) -> float:
+        return self.ms(0.5)
+
+    @property
+    def images_per_s(self) -> float:
+        return 1e3 / self.ms_per_image
+
+
+# ---------------------------------------------------------------------------- timing
+
+
+def _run(net: VisionTransformer, x: Tensor, config: ATSConfig) -> Tensor | None:
+    """One run; each image's GFLOPs, or None for the reference (timm's forward counts nothing)."""
+    if config.method == "full":
+        # The base class's forward: a net patched by patch_vit would otherwise run its setting.
+        VisionTransformer.forward(net, x)
+        return None
+    return run_ats(net, x, config).gflops
+
+
+def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Sequence[ATSConfig],
+                  warmup: int = 3, repeats: int = 10, device: str = "cpu",
+                  progress: Callable[[int, int], None] | None = None) -> list[Measured]:
+    """Time the full model and every setting of ``configs`` on ``inputs`` (batches of one size,
+    normalised; each repetition, warm-up included, runs every setting on the next batch, in turn).
+
+    Returns one Measured per setting, the full model first. ``progress(done, total)`` is
+    called after every run, warm-up included. The model is moved to ``device`` and back.
+    """
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise InputError(f"Warm-up runs must be a whole number of 0 or more (got {warmup!r}).")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise InputError(f"Repeats must be a whole number of at least 1 (got {repeats!r}): a timing "
+                         "needs timed runs.")
+    if not inputs:
+        raise InputError("Give at least one batch of images to time.")
+    sizes = {int(x.shape[0]) for x in inputs}
+    if len(sizes) != 1:
+        raise InputError(f"The batches to time differ in size ({sorted(sizes)}); time one batch size at a time.")
+    check_vit(net)
+    depth, patches = len(net.blocks), net.patch_embed.num_patches
+    settings = with_reference(configs)
+    for cfg in settings:
+        resolve(cfg, depth, patches)  # an impossible setting is refused before any run
+    dev = check_device(device)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    n = len(settings)
+    total, done = (warmup + repeats) * n, 0
+    seconds: list[list[float]] = [[] for _ in settings]
+    gflops: list[list[Tensor]] = [[] for _ in settings]
+    original = next(net.parameters()).device
+    net.to(dev)
+    try:
+        batches = [x.to(dev) for x in inputs]
+        with torch.inference_mode():
+            for r in range(warmup + repeats):
+                x = batches[r % len(batches)]
+                timed = r >= warmup
+                for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
+                    sync()
+                    t0 = _clock()
+                    per_image = _run(net, x, settings[j])
+                    sync()
+                    t1 = _clock()
+                    if timed:
+                        seconds[j].append(t1 - t0)
+                        if per_image is not None:
+                            gflops[j].append(per_image.double().cpu())
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+    finally:
+        net.to(original)
+    h, w = inputs[0].shape[-2:]
+    full = full_gflops(net, patches + net.num_prefix_tokens, h, w)
+    batch = sizes.pop()
+    return [Measured(cfg, batch, s, float(torch.cat(g).mean()) if g else full)
+            for cfg, s, g in zip(settings, seconds, gflops)]
+
+
+def with_reference(configs: Sequence[ATSConfig]) -> list[ATSConfig]:
+    """The full model first, then each other setting once (by repr: settings that differ only
+    in their stages share a label)."""
+    return list({repr(c): c for c in [REFERENCE, *configs]}.values())
+
+
+def table(measured: Sequence[Measured]) -> pd.DataFrame:
+    """One row per setting and batch size: CSV_COLUMNS, then the spread (ms per image at the
+    first and third quartiles). Speed-up and GFLOPs ratio are over the full model at the same
+    batch size, so its rows read 1."""
+    reference = {m.batch: m for m in measured if m.config.method == "full"}
+    rows = []
+    for m in measured:
+        full = reference[m.batch]
+        method = METHODS[m.config.method]
+        rows.append({"setting": m.label, "method": method.name,
+                     "k": "" if method.param is None else format_value(method.value(m.config)),
+                     "batch": m.batch, "ms_per_image": m.ms_per_image, "images_per_s": m.images_per_s,
+                     "gflops": m.gflops, "speedup": full.ms_per_image / m.ms_per_image,
+                     "gflops_ratio": full.gflops / m.gflops, "ms_q1": m.ms(0.25), "ms_q3": m.ms(0.75)})
+    return pd.DataFrame(rows, columns=[*CSV_COLUMNS, "ms_q1", "ms_q3"])
+
+
+def batches_of(pool: Tensor, size: int) -> list[Tensor]:
+    """The pool cut into batches of ``size``; a pool smaller than one batch is repeated to fill it."""
+    if pool.shape[0] < size:
+        pool = pool.repeat(-(-size // pool.shape[0]), 1, 1, 1)
+    return [pool[i:i + size] for i in range(0, pool.shape[0] - size + 1, size)]
+
+
+def benchmark(net: VisionTransformer, pool: Tensor, configs: Sequence[ATSConfig], batch_sizes: Sequence[int],
+              warmup: int = 3, repeats: int = 10, device: str = "cpu",
+              progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """Every setting (and the full model) at every batch size: ``table`` of all of them.
+    Batch 1 gives the latency of one image, a large batch the throughput."""
+    sizes = check_batch_sizes(batch_sizes)
+    n = len(with_reference(configs))
+    total = len(sizes) * (warmup + repeats) * n
+    before = 0
+    measured: list[Measured] = []
+    for size in sizes:
+        def step(done: int, _: int, before: int = before) -> None:
+            if progress is not None:
+                progress(before + done, total)
+
+        measured += time_settings(net, batches_of(pool, size), configs, warmup, repeats, device, step)
+        before += (warmup + repeats) * n
+    return table(measured)
+
+
+def check_batch_sizes(sizes: Sequence[int]) -> list[int]:
+    """Batch sizes in the order given, no repeats; each at least 1."""
+    out = list(dict.fromkeys(sizes))
+    if not out:
+        raise InputError("Give at least one batch size, such as 1,32.")
+    for s in out:
+        if isinstance(s, bool) or not isinstance(s, int) or s < 1:
+            raise InputError(f"Batch size {s!r} is impossible: give whole numbers of at least 1, such as 1,32.")
+    return out
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """'1,32' -> [1, 32]."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        raise InputError(f"Batch sizes '{text}' are not whole numbers: write them like 1,32.") from None
+    return check_batch_sizes(sizes)
+
+
+# ---------------------------------------------------------------------------- images to time on
+
+
+def random_images(n: int, size: tuple[int, int], seed: int = 0) -> Tensor:
+    """n x 3 x H x W standard normal values: what normalised images look like to the model,
+    for when there are no real images. ATS's token counts, so its speed, follow the images:
+    real ones give the honest number."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *size, generator=g)
+
+
+def folder_images(folder: str | Path, n: int, model: LoadedModel, seed: int = 0) -> Tensor:
+    """n images (a seeded random choice) of any ImageFolder, in the model's preprocessing;
+    their labels do not matter here. Fewer readable images than n give fewer."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InputError(f"No folder at '{root}'. Give an ImageFolder (one subfolder per class) of images to time on.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return dataset_images(load_dataset(root, classes, subset=n, seed=seed), n, model)
+
+
+def dataset_images(dataset: Dataset, n: int, model: LoadedModel) -> Tensor:
+    """The first n readable images of a dataset, preprocessed as the model sees them."""
+    tensors = []
+    for item in dataset.items:
+        if len(tensors) == n:
+            break
+        try:
+            tensors.append(model.transform(read_image(item.path.read_bytes(), item.name)))
+        except (InputError, OSError):
+            continue  # the sweep lists unreadable images; timing needs only readable ones
+    if not tensors:
+        raise InputError(f"None of the images in '{dataset.root}' could be read, so there is nothing to time.")
+    return torch.stack(tensors)
+
+
+# ---------------------------------------------------------------------------- a sweep's timing pass
+
+
+def time_dataset(model: LoadedModel, dataset: Dataset, configs: Sequence[ATSConfig], batch: int = 32,
+                 device: str = "cpu", warmup: int = 1, repeats: int = 3,
+                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """A sweep's timing pass: a few batches of the dataset's own images at the sweep's batch
+    size, every setting timed; ``table`` rows for ``add_timing``."""
+    batch = check_batch_sizes([batch])[0]
+    pool = dataset_images(dataset, batch * repeats, model)
+    return table(time_settings(model.net, batches_of(pool, batch), configs, warmup, repeats, device, progress))
+
+
+def add_timing(summary: pd.DataFrame, timed: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's summary with each setting's measured ms_per_image and images_per_s."""
+    cols = ["setting", "ms_per_image", "images_per_s"]
+    return summary.drop(columns=cols[1:], errors="ignore").merge(timed[cols], on="setting", how="left")

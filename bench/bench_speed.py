@@ -1,0 +1,109 @@
+"""Measured speed beside GFLOPs (issue 13): what each method's saving is worth on the clock.
+
+DeiT-S (random weights, attention sharpened as in tests/conftest.py so images keep different
+numbers of tokens; random normalised inputs) and the shipped model (the bundled held-out
+images), at batch 1 (latency) and batch 32 (throughput), under ATS, top-K, ToMe and EViT,
+the full model (timm's own forward) as the reference. Everything is timed by
+``ats_viz.timing``: warm-up runs, then repetitions that run every setting in turn, medians
+with their interquartile range. "quotient" is the speed-up divided by the GFLOPs ratio:
+1 means the time saved is all the GFLOPs promised.
+
+Run it alone on a quiet machine; it replaces its section of bench/README.md:
+
+    python bench/bench_speed.py                  # this machine's CPU
+    python bench/bench_speed.py --device cuda    # a GPU, unchanged
+    python bench/bench_speed.py --repeats 1 --warmup 0 --no-readme   # does it work? (numbers meaningless)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import re
+import sys
+from pathlib import Path
+
+import timm
+import torch
+
+from ats_viz import timing
+from ats_viz.data import heldout_folder
+from ats_viz.evaluate import make_settings
+from ats_viz.methods import parse_ladder
+from ats_viz.models import load_model
+
+README = Path(__file__).resolve().parent / "README.md"
+START, END = "<!-- bench_speed: start -->", "<!-- bench_speed: end -->"
+# Two points per method where it has two, spanning about the same GFLOPs for every method.
+LADDERS = {"ats": "all,0.5", "topk": "0.75,0.5", "tome": "8,13", "evit": "0.7,0.5"}
+BATCHES = (1, 32)
+
+
+def sharpen(net: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
+    """As tests/conftest.py: peaked random-weight attention, as trained attention is."""
+    with torch.no_grad():
+        for blk in net.blocks:
+            d = blk.attn.qkv.out_features // 3
+            blk.attn.qkv.weight[: 2 * d] *= factor
+    return net
+
+
+def models() -> list[tuple[str, torch.nn.Module, torch.Tensor, str]]:
+    """(name, net, image pool, where the images come from)."""
+    pool_size = 2 * max(BATCHES)
+    torch.manual_seed(0)
+    deit = sharpen(timm.create_model("deit_small_patch16_224").eval())
+    shipped = load_model("embedded")
+    folder = heldout_folder()
+    return [("DeiT-S (random weights, sharpened)", deit, timing.random_images(pool_size, (224, 224)),
+             "random normalised tensors"),
+            ("shipped model (embedded)", shipped.net, timing.folder_images(folder, pool_size, shipped),
+             "the bundled held-out images")]
+
+
+def markdown(name: str, source: str, table) -> str:
+    lines = [f"**{name}**, inputs: {source}", "",
+             "| setting | batch | ms / image (IQR) | images / s | GFLOPs | speed-up | GFLOPs ratio | quotient |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in table.itertuples():
+        lines.append(f"| {r.setting} | {r.batch} | {r.ms_per_image:.2f} ({r.ms_q1:.2f}-{r.ms_q3:.2f}) | "
+                     f"{r.images_per_s:.1f} | {r.gflops:.3f} | {r.speedup:.2f} | {r.gflops_ratio:.2f} | "
+                     f"{r.speedup / r.gflops_ratio:.2f} |")
+    return "\n".join(lines)
+
+
+def replace_section(readme: Path, body: str) -> None:
+    text = readme.read_text()
+    if START not in text or END not in text:
+        sys.exit(f"{readme} has no {START} ... {END} section to fill")
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    readme.write_text(pattern.sub(lambda _: f"{START}\n{body}\n{END}", text))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
+    parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = make_settings({m: parse_ladder(m, text) for m, text in LADDERS.items()})
+    where = timing.machine(args.device)
+    parts = [f"`python bench/bench_speed.py{' --device ' + args.device if args.device != 'cpu' else ''}`, "
+             f"{datetime.date.today()}, {where}, torch {torch.__version__}; median of {args.repeats} timed runs "
+             f"after {args.warmup} warm-up runs, every setting in turn."]
+    for name, net, pool, source in models():
+        print(f"{name} on {where}...", file=sys.stderr, flush=True)
+        table = timing.benchmark(net, pool, settings, BATCHES, args.warmup, args.repeats, args.device)
+        parts.append(markdown(name, source, table))
+        print(parts[-1] + "\n", flush=True)
+    if not args.no_readme:
+        replace_section(README, "\n\n".join(parts))
+        print(f"wrote {README}")
+
+
+if __name__ == "__main__":
+    main()
