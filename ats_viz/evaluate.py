@@ -373,18 +373,11 @@ def _setting_doc(cfg: ATSConfig) -> dict:
     return doc
 
 
-<<<<<<< HEAD
-def write_results(result: SweepResult, out: Path | str) -> dict[str, Path]:
-    """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest."""
-    # Imported here: sweeping (evaluate's import) must not load plotly, matplotlib and OpenCV.
-    from .viz import curve_figure, curve_png
-
-=======
 def write_results(result: SweepResult, out: Path | str, timed: pd.DataFrame | None = None) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest;
     ``timed`` (``timing.time_dataset``) adds measured ms_per_image and images_per_s to the summary."""
-    from .viz import curve_figure, curve_png  # drawing only here: a sweep itself needs no plotting
->>>>>>> timing
+    # Imported here: sweeping (evaluate's import) must not load plotly, matplotlib and OpenCV.
+    from .viz import curve_figure, curve_png
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()
