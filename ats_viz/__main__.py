@@ -58,7 +58,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .models import load_model
     from .vit import resolve
 
-    settings = make_settings(_ladders(args), parse_stages(args.stages), seed=args.seed)  # typos refused before loading
+    settings = make_settings(_ladders(args), parse_stages(args.stages), args.seed, args.fuse_token)  # typos refused before loading
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
     model = load_model(args.model, arch=args.arch)
@@ -100,8 +100,6 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _benchmark(args: argparse.Namespace) -> None:
-    from dataclasses import replace
-
     import torch
     from tqdm import tqdm
 
@@ -112,8 +110,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from .viz import speed_figure, speed_png
 
     # Every refusal before the model loads: typos cost nothing.
-    settings = make_settings(_ladders(args), parse_stages(args.stages))
-    settings = [replace(c, fuse_token=args.fuse_token) if c.method == "evit" else c for c in settings]
+    settings = make_settings(_ladders(args), parse_stages(args.stages), fuse_token=args.fuse_token)
     sizes = timing.parse_batch_sizes(args.batch)
     if args.repeats < 1:
         raise InputError(f"--repeats {args.repeats}: give at least 1 timed run per setting (10 or more for a record).")

@@ -42,14 +42,15 @@ Z95 = 1.959963984540054
 
 
 def make_settings(ladders: Mapping[str, Sequence[Value]], stages: tuple[int, ...] | None = None,
-                  seed: int = 0) -> list[ATSConfig]:
+                  seed: int = 0, fuse_token: bool = True) -> list[ATSConfig]:
     """The full model, then every method at every value of its ladder ({method: values},
     values as ``methods.parse_ladder`` gives them). ``stages`` None: each method's own blocks."""
     settings = [ATSConfig(method="full")]
     for name, values in ladders.items():
         param = get(name).param
         if param is not None:
-            settings += [ATSConfig(method=name, stages=stages, seed=seed, **{param.field: v}) for v in values]
+            settings += [ATSConfig(method=name, stages=stages, seed=seed, fuse_token=fuse_token, **{param.field: v})
+                         for v in values]
     return settings
 
 

@@ -301,3 +301,10 @@ def test_uploaded_zips_unpack_safely_and_results_zips_reopen(model, folder, tmp_
     saved = load_results(extract_zip(results_zip(res), "results.zip", ("csv", "json", "html")))
     assert list(saved.summary["setting"]) == ["full", "ats K=49"]
     assert saved.per_image["gflops"].tolist() == pytest.approx(res.per_image()["gflops"].tolist())
+
+
+def test_cli_evit_without_fusion(folder, tmp_path):
+    assert main(["evaluate", "--data", str(folder), "--methods", "evit", "--keep-rate", "0.5", "--no-fuse",
+                 "--no-cache", "--subset", "2", "--out", str(tmp_path)]) == 0
+    summary = load_results(tmp_path).summary.set_index("setting")
+    assert summary.loc["evit keep=0.5 unfused", "tokens_final_mean"] == 25  # 196 -> 98 -> 49 -> 25, none fused
