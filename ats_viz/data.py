@@ -80,12 +80,14 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
 # ---------------------------------------------------------------------------- datasets
 # A dataset is a folder in ImageFolder layout (one subfolder per class) or a folder plus a
 # CSV of filename,label. Labels are matched to the model's class names; what matches no
-# class is left out and counted, never fatal unless nothing matches at all.
+# class is left out and counted, never fatal unless nothing matches at all. ImageNet's own
+# LOC_val_solution.csv is such a CSV: its ImageId lacks the .JPEG and its PredictionString
+# starts with the synset ("n01751748 123 45 ...", then the boxes).
 
 
 _SYNSET = re.compile(r"n\d{8}")
-_HEADER_FILE = {"filename", "file", "image", "path", "name"}
-_HEADER_LABEL = {"label", "class", "target", "category"}
+_HEADER_FILE = {"filename", "file", "image", "path", "name", "imageid", "image_id", "file_name"}
+_HEADER_LABEL = {"label", "class", "target", "category", "predictionstring", "synset", "wnid", "class_index"}
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,9 @@ def _few(names: Sequence[str], n: int = 5) -> str:
 
 def match_labels(labels: Iterable[str], class_names: Sequence[str]) -> dict[str, int]:
     """Map each label that names a class to its index: exact, then case-insensitive, then
-    (for a 1000-class model) an ImageNet synset id such as n01440764. Others are absent."""
+    (for a 1000-class model) an ImageNet synset id such as n01440764, then a class index
+    (0-based, in the model's order: for ImageNet, sorted synsets, as timm and torchvision
+    number them; not the devkit's 1-based ILSVRC2012_ID). Others are absent."""
     exact = {c: i for i, c in enumerate(class_names)}
     folded: dict[str, int] = {}
     for i, c in enumerate(class_names):
@@ -161,6 +165,8 @@ def match_labels(labels: Iterable[str], class_names: Sequence[str]) -> dict[str,
                 synsets = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
             if label in synsets:
                 out[label] = synsets[label]
+        elif label.isdecimal() and int(label) < len(class_names):
+            out[label] = int(label)
     return out
 
 
@@ -214,7 +220,10 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise InputError(f"Line {line} of '{csv_path.name}' is not filename,label: {','.join(row)[:80]!r}.")
         name, label = row[0].strip(), row[1].strip()
-        path = (base / name).resolve()
+        first = label.split()[0]
+        if first != label and _SYNSET.fullmatch(first):  # a PredictionString: the synset, then boxes
+            label = first
+        path = _image_path(base, name)
         if name in seen:
             continue
         seen.add(name)
@@ -226,6 +235,19 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         raise InputError(f"The CSV names {len(missing)} file(s) that are not in '{root}': {_few(missing)}. "
                          "Filenames are relative to the folder.")
     return pairs
+
+
+def _image_path(base: Path, name: str) -> Path:
+    """The file a CSV names; a name without an image extension (ImageNet's ImageId) gets the
+    first that exists, .JPEG first."""
+    path = (base / name).resolve()
+    if path.is_file() or name.rsplit(".", 1)[-1].lower() in IMAGE_TYPES:
+        return path
+    for ext in ("JPEG", *IMAGE_TYPES, *(t.upper() for t in IMAGE_TYPES)):
+        candidate = (base / f"{name}.{ext}").resolve()
+        if candidate.is_file():
+            return candidate
+    return path
 
 
 def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str | Path | None = None,
