@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .errors import InputError
@@ -113,11 +114,7 @@ class Dataset:
 
     def fingerprint(self) -> list[tuple[str, int, int]]:
         """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
-        out = []
-        for item in self.items:
-            st = item.path.stat()
-            out.append((str(item.path), st.st_size, st.st_mtime_ns))
-        return out
+        return fingerprint(self.items)
 
     def notes(self) -> list[str]:
         """Sentences about what was left out, for a page or the command line."""
@@ -135,6 +132,15 @@ class Dataset:
         if len(self.items) < matched:
             notes.append(f"Evaluating a random subset of {len(self.items)} of {matched} images.")
         return notes
+
+
+def fingerprint(items: Iterable[DatasetItem]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of each image: a changed file changes the fingerprint."""
+    out = []
+    for item in items:
+        st = item.path.stat()
+        out.append((str(item.path), st.st_size, st.st_mtime_ns))
+    return out
 
 
 def _few(names: Sequence[str], n: int = 5) -> str:
@@ -291,6 +297,36 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
     if not items:
         raise InputError(f"No image in '{root}' has a file name in valid UTF-8: rename them.")
     return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named)
+
+
+class Decoded(torch.utils.data.Dataset):
+    """Dataset items decoded and preprocessed, for a DataLoader and its worker processes.
+
+    An unreadable image comes back as its sentence instead of raising, so one bad file
+    neither stops the workers nor the sweep: the main process lists it as skipped.
+    """
+
+    def __init__(self, items: Sequence[DatasetItem], transform) -> None:
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        item = self.items[index]
+        try:
+            img = read_image(item.path.read_bytes(), item.name)
+        except (InputError, OSError) as err:
+            return index, None, str(err)
+        return index, self.transform(img), None
+
+
+def collate_decoded(batch: list[tuple[int, torch.Tensor | None, str | None]]
+                    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """(indices of the images read, their tensors stacked or None, (index, why) of the others)."""
+    good = [(i, x) for i, x, _ in batch if x is not None]
+    bad = [(i, why) for i, x, why in batch if x is None]
+    return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None), bad
 
 
 def cache_root() -> Path:
