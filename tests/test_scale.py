@@ -150,3 +150,29 @@ def test_precision_is_in_the_results_and_the_cache_key(model, folder, tmp_path):
         run_sweep(model, ds, settings, cache=None, precision="fp16")
     with pytest.raises(InputError, match="Precision 'fp8' is not one of fp32, bf16, fp16"):
         run_sweep(model, ds, settings, cache=None, precision="fp8")
+
+
+def test_torchrun_is_read_from_the_environment(monkeypatch):
+    from ats_viz import distributed
+
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    alone = distributed.from_env()
+    assert (alone.size, alone.main, alone.launched) == (1, True, False)
+    assert distributed.device_for(alone, None) == "cpu" and distributed.device_for(alone, "cuda:1") == "cuda:1"
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    world = distributed.from_env()
+    assert (world.rank, world.size, world.local_rank, world.main) == (3, 4, 1, False)
+    if not torch.cuda.is_available():
+        assert distributed.device_for(world, None) == "cpu"  # no CUDA: the CPU, and gloo between processes
+    assert distributed.device_for(world, "cpu") == "cpu"
+    with pytest.raises(InputError, match="each process takes its own GPU"):
+        distributed.device_for(world, "cuda:0")
+    monkeypatch.setenv("RANK", "4")
+    with pytest.raises(InputError, match="RANK 4 is outside WORLD_SIZE 4"):
+        distributed.from_env()
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(InputError, match="must be whole numbers"):
+        distributed.from_env()
