@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -53,50 +54,70 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from . import distributed
     from .data import heldout_folder, load_dataset
-    from .evaluate import Progress, make_settings, run_sweep, write_results
+    from .evaluate import CHUNK, Progress, autocast, check_device, make_settings, run_sweep, write_results
     from .models import load_model
     from .vit import resolve
 
-    settings = make_settings(_ladders(args), parse_stages(args.stages), args.seed, args.fuse_token)  # typos refused before loading
+    world = distributed.from_env()
+
+    def say(*text: object, **where: object) -> None:
+        if world.main:  # under torchrun only rank 0 speaks
+            print(*text, **where)
+
+    # Typos are refused before loading.
+    settings = make_settings(_ladders(args), parse_stages(args.stages), args.seed, args.fuse_token)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
+    device = distributed.device_for(world, args.device)
+    autocast(args.precision, check_device(device))  # refuses fp16 on the CPU before loading
     model = load_model(args.model, arch=args.arch)
     for cfg in settings:
         resolve(cfg, len(model.net.blocks), model.net.patch_embed.num_patches)
     data = args.data or heldout_folder()
     dataset = load_dataset(data, model.class_names, args.csv, args.subset, args.seed)
     for note in dataset.notes():
-        print(note, file=sys.stderr)
-    print(f"{model.name}: {len(dataset.items)} images from {data} x {len(settings)} settings", file=sys.stderr)
-    with tqdm(total=len(dataset.items) * len(settings), unit="img", desc="evaluate") as bar:
+        say(note, file=sys.stderr)
+    processes = f" in {world.size} processes" if world.size > 1 else ""
+    say(f"{model.name}: {len(dataset.items)} images from {data} x {len(settings)} settings{processes}",
+        file=sys.stderr)
+    with distributed.process_group(world, device), \
+            tqdm(unit="img", desc="evaluate" + (" (rank 0's share)" if world.size > 1 else ""),
+                 disable=not world.main) as bar:
         def show(p: Progress) -> None:
+            bar.total = p.total
             bar.update(p.done - bar.n)
 
-        result = run_sweep(model, dataset, settings, batch=args.batch, device=args.device,
-                           cache=None if args.no_cache else (args.cache or "default"), progress=show)
+        part = run_sweep(model, dataset, settings, batch=args.batch, device=device,
+                         cache=None if args.no_cache else (args.cache or "default"), progress=show,
+                         precision=args.precision, workers=args.workers,
+                         chunk=CHUNK if args.chunk is None else args.chunk,
+                         shard=(world.rank, world.size))
+        result = distributed.gather_sweep(world, part)
+    if result is None:  # not rank 0: it has handed over its shard
+        return
     if result.cached:
-        print(f"from the cache: {', '.join(result.cached)}", file=sys.stderr)
+        say(f"from the cache: {', '.join(result.cached)}", file=sys.stderr)
     for name, why in result.skipped:
-        print(f"skipped {name}: {why}", file=sys.stderr)
+        say(f"skipped {name}: {why}", file=sys.stderr)
     columns = ["setting", "images", "top1", "ci_low", "ci_high", "gflops_mean", "tokens_final_mean"]
     timed = None
-    if args.time:
+    if args.time:  # on rank 0 alone, after the sweep: the others have finished
         from .timing import add_timing, machine, time_dataset
 
-        print(f"timing every setting on {machine(args.device)}", file=sys.stderr)
+        say(f"timing every setting on {machine(device)}", file=sys.stderr)
         with tqdm(unit="run", desc="time") as bar:
             def tick(done: int, total: int) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            timed = time_dataset(model, dataset, settings, args.batch, args.device, progress=tick)
+            timed = time_dataset(model, dataset, settings, args.batch, device, progress=tick)
         columns += ["ms_per_image", "images_per_s"]
     paths = write_results(result, args.out, timed)
     table = result.summary() if timed is None else add_timing(result.summary(), timed)
-    table = table[columns]
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    say(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    say(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 def _benchmark(args: argparse.Namespace) -> None:
@@ -258,7 +279,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--subset", type=int, help="evaluate this many images, chosen at random (seeded)")
     p.add_argument("--seed", type=int, default=0, help="seeds the subset and the random baseline")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", help="cpu or cuda (default cpu; under torchrun each process takes cuda:LOCAL_RANK "
+                                     "where CUDA is there)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="autocast precision: bf16 on the CPU or CUDA, fp16 on CUDA only (default fp32)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes decoding images (default 0: the main process; on a GPU machine 4 to 8 "
+                        "per GPU keep it busy)")
+    p.add_argument("--chunk", type=int,
+                   help="images per cache file and per share handed to a process (default 256): an "
+                        "interrupted run recomputes at most one chunk per process")
     p.add_argument("--out", default="results")
     p.add_argument("--cache", help="the cache folder (default: $ATS_VIZ_CACHE/sweeps or ~/.cache/ats-viz/sweeps)")
     p.add_argument("--no-cache", action="store_true", help="compute everything and cache nothing")
@@ -299,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
+        rank = os.environ.get("RANK", "0")  # under torchrun, say which process refused
+        print(f"error{'' if rank == '0' else f' (rank {rank})'}: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from .errors import InputError
@@ -85,12 +86,14 @@ def read_image(data: bytes, name: str = "the image") -> Image.Image:
 # ---------------------------------------------------------------------------- datasets
 # A dataset is a folder in ImageFolder layout (one subfolder per class) or a folder plus a
 # CSV of filename,label. Labels are matched to the model's class names; what matches no
-# class is left out and counted, never fatal unless nothing matches at all.
+# class is left out and counted, never fatal unless nothing matches at all. ImageNet's own
+# LOC_val_solution.csv is such a CSV: its ImageId lacks the .JPEG and its PredictionString
+# starts with the synset ("n01751748 123 45 ...", then the boxes).
 
 
 _SYNSET = re.compile(r"n\d{8}")
-_HEADER_FILE = {"filename", "file", "image", "path", "name"}
-_HEADER_LABEL = {"label", "class", "target", "category"}
+_HEADER_FILE = {"filename", "file", "image", "path", "name", "imageid", "image_id", "file_name"}
+_HEADER_LABEL = {"label", "class", "target", "category", "predictionstring", "synset", "wnid", "class_index"}
 
 
 @dataclass(frozen=True)
@@ -116,11 +119,7 @@ class Dataset:
 
     def fingerprint(self) -> list[tuple[str, int, int]]:
         """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
-        out = []
-        for item in self.items:
-            st = item.path.stat()
-            out.append((str(item.path), st.st_size, st.st_mtime_ns))
-        return out
+        return fingerprint(self.items)
 
     def notes(self) -> list[str]:
         """Sentences about what was left out, for a page or the command line."""
@@ -140,6 +139,15 @@ class Dataset:
         return notes
 
 
+def fingerprint(items: Iterable[DatasetItem]) -> list[tuple[str, int, int]]:
+    """(path, size, mtime in ns) of each image: a changed file changes the fingerprint."""
+    out = []
+    for item in items:
+        st = item.path.stat()
+        out.append((str(item.path), st.st_size, st.st_mtime_ns))
+    return out
+
+
 def _few(names: Sequence[str], n: int = 5) -> str:
     shown = ", ".join(f"'{x}'" for x in names[:n])
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
@@ -147,7 +155,9 @@ def _few(names: Sequence[str], n: int = 5) -> str:
 
 def match_labels(labels: Iterable[str], class_names: Sequence[str]) -> dict[str, int]:
     """Map each label that names a class to its index: exact, then case-insensitive, then
-    (for a 1000-class model) an ImageNet synset id such as n01440764. Others are absent."""
+    (for a 1000-class model) an ImageNet synset id such as n01440764, then a class index
+    (0-based, in the model's order: for ImageNet, sorted synsets, as timm and torchvision
+    number them; not the devkit's 1-based ILSVRC2012_ID). Others are absent."""
     exact = {c: i for i, c in enumerate(class_names)}
     folded: dict[str, int] = {}
     for i, c in enumerate(class_names):
@@ -166,6 +176,8 @@ def match_labels(labels: Iterable[str], class_names: Sequence[str]) -> dict[str,
                 synsets = {s: i for i, s in enumerate(ImageNetInfo().label_names())}
             if label in synsets:
                 out[label] = synsets[label]
+        elif label.isdecimal() and int(label) < len(class_names):
+            out[label] = int(label)
     return out
 
 
@@ -219,7 +231,10 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
             raise InputError(f"Line {line} of '{csv_path.name}' is not filename,label: {','.join(row)[:80]!r}.")
         name, label = row[0].strip(), row[1].strip()
-        path = (base / name).resolve()
+        first = label.split()[0]
+        if first != label and _SYNSET.fullmatch(first):  # a PredictionString: the synset, then boxes
+            label = first
+        path = _image_path(base, name)
         if name in seen:
             continue
         seen.add(name)
@@ -231,6 +246,19 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         raise InputError(f"The CSV names {len(missing)} file(s) that are not in '{root}': {_few(missing)}. "
                          "Filenames are relative to the folder.")
     return pairs
+
+
+def _image_path(base: Path, name: str) -> Path:
+    """The file a CSV names; a name without an image extension (ImageNet's ImageId) gets the
+    first that exists, .JPEG first."""
+    path = (base / name).resolve()
+    if path.is_file() or name.rsplit(".", 1)[-1].lower() in IMAGE_TYPES:
+        return path
+    for ext in ("JPEG", *IMAGE_TYPES, *(t.upper() for t in IMAGE_TYPES)):
+        candidate = (base / f"{name}.{ext}").resolve()
+        if candidate.is_file():
+            return candidate
+    return path
 
 
 def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str | Path | None = None,
@@ -296,6 +324,36 @@ def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tup
     except OSError:
         subfolders = []
     return stat(root), tuple(subfolders), stat(Path(csv_path).expanduser()) if csv_path else None
+
+
+class Decoded(torch.utils.data.Dataset):
+    """Dataset items decoded and preprocessed, for a DataLoader and its worker processes.
+
+    An unreadable image comes back as its sentence instead of raising, so one bad file
+    neither stops the workers nor the sweep: the main process lists it as skipped.
+    """
+
+    def __init__(self, items: Sequence[DatasetItem], transform) -> None:
+        self.items, self.transform = items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
+        item = self.items[index]
+        try:
+            img = read_image(item.path.read_bytes(), item.name)
+        except (InputError, OSError) as err:
+            return index, None, str(err)
+        return index, self.transform(img), None
+
+
+def collate_decoded(batch: list[tuple[int, torch.Tensor | None, str | None]]
+                    ) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
+    """(indices of the images read, their tensors stacked or None, (index, why) of the others)."""
+    good = [(i, x) for i, x, _ in batch if x is not None]
+    bad = [(i, why) for i, x, why in batch if x is None]
+    return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None), bad
 
 
 def cache_root() -> Path:

@@ -2,18 +2,24 @@
 
 Every pruning stage of every setting comes after the same unpruned first blocks, so each
 batch runs those blocks once and forks the tokens per setting (``sweep_batch``). Results are
-cached per (model weights, preprocessing, setting, image files), one JSON file each: widening
-the ladder computes only the new settings, and a changed image file or weight recomputes.
-A cache file that does not read back cleanly is recomputed, never trusted.
+cached per (model weights, preprocessing, precision, setting, chunk of image files), one JSON
+file each: widening the ladder computes only the new settings, a changed image file or weight
+recomputes its chunk or everything, and an interrupted sweep resumes from its last chunk. A
+cache file that does not read back cleanly is recomputed, never trusted. The chunks are also
+what the processes of a torchrun share out (``distributed.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import io
 import json
 import math
 import os
+import platform
+import socket
 import tempfile
 import time
 import zipfile
@@ -25,14 +31,17 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader
 
-from .data import Dataset, cache_root, read_image
+from .data import Dataset, DatasetItem, Decoded, cache_root, collate_decoded, fingerprint
 from .errors import InputError
-from .models import LoadedModel, model_hash
+from .models import LoadedModel, model_hash, on_device
 from .methods import METHODS, Value, get, parse_ladder
 from .vit import ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: one file per setting and chunk of images, precision in the key
+CHUNK = 256  # images per cache file and per unit of work handed to a process
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
 MANIFEST = "results.json"
 Z95 = 1.959963984540054
@@ -81,20 +90,33 @@ class SettingRun:
     gflops: list[float] = field(default_factory=list)
     tokens: list[list[int]] = field(default_factory=list)  # patch tokens entering each block, then leaving the last
 
-    def add(self, names: list[str], res: ATSResult) -> None:
+    @classmethod
+    def of(cls, config: ATSConfig, names: list[str], res: ATSResult) -> SettingRun:
+        """One batch's rows."""
         prob = res.logits.float().softmax(dim=1).max(dim=1)
-        self.names += names
-        self.pred += prob.indices.tolist()
-        self.confidence += prob.values.tolist()
-        self.gflops += res.gflops.tolist()
-        self.tokens += res.patch_counts.tolist()
+        return cls(config, list(names), prob.indices.tolist(), prob.values.tolist(), res.gflops.tolist(),
+                   res.patch_counts.tolist())
+
+    def extend(self, other: SettingRun) -> None:
+        self.names += other.names
+        self.pred += other.pred
+        self.confidence += other.confidence
+        self.gflops += other.gflops
+        self.tokens += other.tokens
+
+    def sort(self, order: Mapping[str, int]) -> None:
+        """Rows in dataset order (``order``: image name -> its place)."""
+        rows = sorted(range(len(self.names)), key=lambda i: order[self.names[i]])
+        for name in ("names", "pred", "confidence", "gflops", "tokens"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in rows])
 
 
 @dataclass
 class Progress:
     """Where a sweep stands; ``partial`` holds the results so far (complete for cached settings)."""
 
-    done: int  # image x setting evaluations finished, cached ones included
+    done: int  # image x setting evaluations finished, cached ones included (of this process's shard)
     total: int
     per_setting: dict[str, tuple[int, int]]  # setting label -> (images done, images to do)
     computed: int  # evaluations computed (not cached) so far
@@ -125,6 +147,9 @@ class SweepResult:
     computed: list[str] = field(default_factory=list)  # setting labels computed in this call
     cached: list[str] = field(default_factory=list)  # setting labels read from the cache
     seconds: float = 0.0
+    precision: str = "fp32"
+    world_size: int = 1  # processes that shared the sweep
+    devices: list[dict] = field(default_factory=list)  # each process's device, its name and its host
 
     def per_image(self) -> pd.DataFrame:
         """One row per image and setting: label, prediction, correctness, GFLOPs, tokens per block."""
@@ -207,18 +232,21 @@ def _setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
 
 
 class _Cache:
-    """One JSON file per (model, preprocessing, setting, image files); bad files are ignored."""
+    """One JSON file per (model, preprocessing, precision, setting, chunk of image files);
+    files that do not read back cleanly are ignored."""
 
     def __init__(self, folder: Path | None, base: dict) -> None:
         self.folder, self.base = folder, base
 
-    def _key(self, setting: dict) -> tuple[dict, Path | None]:
-        key = {**self.base, "setting": setting}
+    def _key(self, setting: dict, files: str) -> tuple[dict, Path | None]:
+        key = {**self.base, "setting": setting, "files": files}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
         return key, (self.folder / f"{digest}.json" if self.folder else None)
 
-    def load(self, cfg: ATSConfig, setting: dict, depth: int) -> tuple[SettingRun, list] | None:
-        key, path = self._key(setting)
+    def load(self, cfg: ATSConfig, setting: dict, files: str, names: list[str],
+             depth: int) -> tuple[SettingRun, list[tuple[str, str]]] | None:
+        """The chunk of images ``names`` under one setting: its rows and its unreadable images."""
+        key, path = self._key(setting, files)
         if path is None or not path.is_file():
             return None
         try:
@@ -229,16 +257,17 @@ class _Cache:
             run = SettingRun(cfg, [str(x) for x in doc["names"]], [int(x) for x in doc["pred"]],
                              [float(x) for x in doc["confidence"]], [float(x) for x in doc["gflops"]],
                              [[int(t) for t in row] for row in doc["tokens"]])
-            if not (len(run.pred) == len(run.confidence) == len(run.gflops) == len(run.tokens) == n) \
-                    or any(len(row) != depth + 1 for row in run.tokens):
-                return None
             skipped = [(str(a), str(b)) for a, b in doc["skipped"]]
+            if not (len(run.pred) == len(run.confidence) == len(run.gflops) == len(run.tokens) == n) \
+                    or any(len(row) != depth + 1 for row in run.tokens) \
+                    or sorted(run.names + [a for a, _ in skipped]) != sorted(names):
+                return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return run, skipped
 
-    def save(self, run: SettingRun, setting: dict, skipped: list[tuple[str, str]]) -> None:
-        key, path = self._key(setting)
+    def save(self, run: SettingRun, setting: dict, files: str, skipped: list[tuple[str, str]]) -> None:
+        key, path = self._key(setting, files)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,91 +292,178 @@ def check_device(device: str) -> torch.device:
         raise InputError("CUDA is not available on this machine: use device 'cpu'.")
     if dev.type not in ("cpu", "cuda"):
         raise InputError(f"Device '{device}' is not supported: use 'cpu' or 'cuda'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"There is no {dev}: this machine has {torch.cuda.device_count()} GPU(s), "
+                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
     return dev
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """What a run at ``precision`` runs inside, or a sentence saying why it cannot."""
+    if precision not in PRECISIONS:
+        raise InputError(f"Precision '{precision}' is not one of {', '.join(PRECISIONS)}.")
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("fp16 runs only on CUDA (the CPU has no fast float16 kernels): on the CPU use bf16 or fp32.")
+    dtype = PRECISIONS[precision]
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def _files_digest(items: Sequence[DatasetItem]) -> str:
+    """Changes when any of these image files is replaced, rewritten or touched."""
+    return hashlib.sha256(json.dumps(fingerprint(items)).encode()).hexdigest()
+
+
+def _device_doc(dev: torch.device) -> dict:
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
+    return {"device": str(dev), "name": name, "host": socket.gethostname()}
 
 
 def run_sweep(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig], batch: int = 32,
               device: str = "cpu", cache: Path | str | None = "default",
-              progress: Callable[[Progress], None] | None = None) -> SweepResult:
+              progress: Callable[[Progress], None] | None = None, precision: str = "fp32",
+              workers: int = 0, chunk: int = CHUNK, shard: tuple[int, int] = (0, 1)) -> SweepResult:
     """Evaluate every setting on every image of ``dataset``, computing only what is not cached.
 
-    cache: a folder, "default" (``default_cache()``) or None (no cache). The model is moved to
-    ``device`` for the sweep and back afterwards. Unreadable images are skipped and listed.
+    cache: a folder, "default" (``default_cache()``) or None (no cache). The images are split
+    into chunks of ``chunk`` in dataset order; each chunk is cached per setting as soon as it
+    is done, so an interrupted sweep loses at most the chunk in hand. Batches never straddle
+    a chunk, so an image meets the same batch neighbours whatever the number of processes.
+    ``shard`` (rank, world size): evaluate only the chunks rank, rank + world size, ... (one
+    process of a torchrun; ``distributed.gather_sweep`` joins the shards).
+    The model is never moved (``models.on_device``); images are decoded by ``workers``
+    DataLoader processes (0: this one). Unreadable images are skipped and listed.
     """
     if batch < 1:
         raise InputError(f"The batch size must be at least 1 (got {batch}).")
+    if workers < 0:
+        raise InputError(f"The number of loading workers must be 0 or more (got {workers}).")
+    if chunk < 1:
+        raise InputError(f"The chunk size must be at least 1 image (got {chunk}).")
     if not dataset.items:
         raise InputError("The dataset has no images to evaluate.")
     settings = list(settings)
     if not settings:
         raise InputError("Give at least one setting to evaluate.")
     dev = check_device(device)
+    precise = autocast(precision, dev)
     net = model.net
     depth, patches = len(net.blocks), net.patch_embed.num_patches
     keys = [_setting_key(cfg, depth, patches) for cfg in settings]  # refuses impossible K with a sentence
     labels = [cfg.label() for cfg in settings]
     if len(set(labels)) != len(labels):
         raise InputError("Two settings share a label; give each setting a different method, K or stages.")
-    files = hashlib.sha256(json.dumps(dataset.fingerprint()).encode()).hexdigest()
     store = _Cache(None if cache is None else (default_cache() if cache == "default" else Path(cache)),
                    {"version": CACHE_VERSION, "model": model_hash(net), "transform": repr(model.transform),
-                    "files": files})
+                    "precision": precision})
     t0 = time.perf_counter()
-    n = len(dataset.items)
-    runs: dict[str, SettingRun] = {}
-    skipped: list[tuple[str, str]] = []
-    todo: list[tuple[ATSConfig, dict]] = []
-    for cfg, key in zip(settings, keys):
-        hit = store.load(cfg, key, depth)
-        if hit is None:
-            todo.append((cfg, key))
-            runs[cfg.label()] = SettingRun(cfg)
-        else:
-            runs[cfg.label()], skipped = hit
-    result = SweepResult(dataset, model.name, store.base["model"], settings, runs,
-                         _full_gflops(model), depth, skipped,
-                         computed=[c.label() for c, _ in todo],
-                         cached=[lab for lab in labels if lab not in {c.label() for c, _ in todo}])
+    rank, world = shard
+    items = dataset.items
+    chunks = [range(s, min(s + chunk, len(items))) for s in range(0, len(items), chunk)][rank::world]
+    mine = sum(len(c) for c in chunks)
+    runs = {lab: SettingRun(cfg) for lab, cfg in zip(labels, settings)}
+    done = dict.fromkeys(labels, 0)  # images finished per setting, cached ones included
+    skipped: dict[str, str] = {}
+    work: list[tuple[range, str, list[int]]] = []  # (chunk, its files' digest, settings to compute)
+    for c in chunks:
+        files = _files_digest(items[c.start:c.stop])
+        names = [it.name for it in items[c.start:c.stop]]
+        missing = []
+        for j, (cfg, key) in enumerate(zip(settings, keys)):
+            hit = store.load(cfg, key, files, names, depth)
+            if hit is None:
+                missing.append(j)
+                continue
+            runs[labels[j]].extend(hit[0])
+            skipped.update(hit[1])
+            done[labels[j]] += len(c)
+        if missing:
+            work.append((c, files, missing))
+    computed = {labels[j] for _, _, missing in work for j in missing}
+    result = SweepResult(dataset, model.name, store.base["model"], settings, runs, _full_gflops(model), depth,
+                         computed=[lab for lab in labels if lab in computed],
+                         cached=[lab for lab in labels if lab not in computed],
+                         precision=precision, devices=[_device_doc(dev)])
+    to_compute = sum(len(c) * len(missing) for c, _, missing in work)
+    evaluations = 0  # image x setting evaluations computed so far
 
-    def report(images_done: int) -> None:
+    def report() -> None:
         if progress is None:
             return
-        per = {lab: (n if lab in result.cached else images_done, n) for lab in labels}
+        result.skipped = sorted(skipped.items())
         result.seconds = time.perf_counter() - t0
-        progress(Progress(sum(d for d, _ in per.values()), n * len(labels), per,
-                          images_done * len(todo), n * len(todo), result.seconds, result))
+        progress(Progress(sum(done.values()), mine * len(labels), {lab: (done[lab], mine) for lab in labels},
+                          evaluations, to_compute, result.seconds, result))
 
-    report(0)
-    if todo:
-        result.skipped = []
-        original = next(net.parameters()).device
-        net.to(dev)
-        try:
-            with torch.inference_mode():
-                for start in range(0, n, batch):
-                    chunk = dataset.items[start:start + batch]
-                    names, tensors = [], []
-                    for item in chunk:
-                        try:
-                            img = read_image(item.path.read_bytes(), item.name)
-                        except (InputError, OSError) as err:
-                            result.skipped.append((item.name, str(err)))
-                            continue
-                        names.append(item.name)
-                        tensors.append(model.transform(img))
-                    if tensors:
-                        x = torch.stack(tensors).to(dev)
-                        for (cfg, _), res in zip(todo, sweep_batch(net, x, [c for c, _ in todo])):
-                            runs[cfg.label()].add(names, res)
-                    report(start + len(chunk))
-        finally:
-            net.to(original)
-        if len(result.skipped) == n:
-            raise InputError(f"None of the {n} images could be read (the first: {result.skipped[0][0]}: "
-                             f"{result.skipped[0][1]}). Check that the folder holds images.")
-        for cfg, key in todo:
-            store.save(runs[cfg.label()], key, result.skipped)
+    report()
+    if work:
+        net = on_device(model, dev).net
+        batches, owner = [], []  # image indices of each batch, and the work entry (chunk) it belongs to
+        for w, (c, _, _) in enumerate(work):
+            for s in range(c.start, c.stop, batch):
+                batches.append(list(range(s, min(s + batch, c.stop))))
+                owner.append(w)
+        loader = DataLoader(Decoded(items, model.transform), batch_sampler=batches, num_workers=workers,
+                            collate_fn=collate_decoded, pin_memory=dev.type == "cuda")
+        with torch.inference_mode(), precise:
+            for b, (indices, x, bad) in enumerate(loader):
+                c, files, missing = work[owner[b]]
+                if b == 0 or owner[b] != owner[b - 1]:
+                    part = {j: SettingRun(settings[j]) for j in missing}  # the chunk's rows, for the cache
+                    part_skipped = []
+                for i, why in bad:
+                    skipped[items[i].name] = why
+                    part_skipped.append((items[i].name, why))
+                if x is not None:
+                    names = [items[i].name for i in indices]
+                    x = x.to(dev, non_blocking=True)
+                    for j, res in zip(missing, sweep_batch(net, x, [settings[j] for j in missing])):
+                        rows = SettingRun.of(settings[j], names, res)
+                        part[j].extend(rows)
+                        runs[labels[j]].extend(rows)
+                for j in missing:
+                    done[labels[j]] += len(batches[b])
+                evaluations += len(batches[b]) * len(missing)
+                if b + 1 == len(batches) or owner[b + 1] != owner[b]:
+                    for j in missing:
+                        store.save(part[j], keys[j], files, part_skipped)
+                report()
+    order = {it.name: i for i, it in enumerate(items)}
+    for run in runs.values():
+        run.sort(order)
+    result.skipped = sorted(skipped.items(), key=lambda s: order[s[0]])
+    if world == 1:
+        check_readable(result)
     result.seconds = time.perf_counter() - t0
+    return result
+
+
+def check_readable(result: SweepResult) -> None:
+    """Refuse a sweep in which no image could be read."""
+    n = len(result.dataset.items)
+    if len(result.skipped) == n:
+        raise InputError(f"None of the {n} images could be read (the first: {result.skipped[0][0]}: "
+                         f"{result.skipped[0][1]}). Check that the folder holds images.")
+
+
+def merge_shards(dataset: Dataset, parts: Sequence[SweepResult]) -> SweepResult:
+    """The shards of one sweep (``run_sweep(shard=...)`` in each process) as one result, rows
+    in dataset order: what a single process would have returned."""
+    order = {it.name: i for i, it in enumerate(dataset.items)}
+    first = parts[0]
+    runs = {}
+    for cfg in first.settings:
+        run = runs[cfg.label()] = SettingRun(cfg)
+        for p in parts:
+            run.extend(p.runs[cfg.label()])
+        run.sort(order)
+    labels = [cfg.label() for cfg in first.settings]
+    computed = {lab for p in parts for lab in p.computed}
+    result = dataclasses.replace(
+        first, dataset=dataset, runs=runs,
+        skipped=sorted((s for p in parts for s in p.skipped), key=lambda s: order[s[0]]),
+        computed=[lab for lab in labels if lab in computed], cached=[lab for lab in labels if lab not in computed],
+        seconds=max(p.seconds for p in parts), world_size=len(parts), devices=[d for p in parts for d in p.devices])
+    check_readable(result)
     return result
 
 
@@ -405,6 +521,10 @@ def write_results(result: SweepResult, out: Path | str, timed: pd.DataFrame | No
         "full_gflops": result.full_gflops,
         "depth": result.depth,
         "settings": [_setting_doc(c) for c in result.settings],
+        "precision": result.precision,
+        "world_size": result.world_size,
+        "devices": result.devices,
+        "seconds": result.seconds,
         "files": list(RESULT_FILES),
     }
     paths[MANIFEST].write_text(json.dumps(manifest, indent=2))

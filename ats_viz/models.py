@@ -6,8 +6,11 @@ Nothing a user gives is unpickled: checkpoint files are read as safetensors or w
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
+import threading
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,22 +182,60 @@ def source_stamp(spec: str) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
+def _stamp(net: torch.nn.Module) -> tuple:
+    """Changes when a tensor of the state dict is replaced or changed in place."""
+    return tuple((k, v.data_ptr(), v._version) for k, v in net.state_dict().items())
+
+
 _HASHES: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, str]]" = weakref.WeakKeyDictionary()
 
 
 def model_hash(net: torch.nn.Module) -> str:
     """A digest of the weights (what results are cached by); recomputed only when a tensor
     was replaced or changed in place."""
-    sd = net.state_dict()
-    stamp = tuple((k, v.data_ptr(), v._version) for k, v in sd.items())
+    stamp = _stamp(net)
     hit = _HASHES.get(net)
     if hit is not None and hit[0] == stamp:
         return hit[1]
     h = hashlib.blake2b(type(net).__name__.encode(), digest_size=16)
-    for k, v in sorted(sd.items()):
+    for k, v in sorted(net.state_dict().items()):
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     digest = h.hexdigest()
     _HASHES[net] = (stamp, digest)
     return digest
+
+
+# A shared model's copies on other devices, reused while the model's weights stay as they are.
+_COPIES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[torch.device, tuple[tuple, torch.nn.Module]]]" = \
+    weakref.WeakKeyDictionary()
+_COPIES_LOCK = threading.Lock()
+
+
+def on_device(loaded: LoadedModel, device: torch.device | str) -> LoadedModel:
+    """``loaded`` with its net on ``device``, never by moving it (see ``net_on_device``)."""
+    net = net_on_device(loaded.net, device)
+    return loaded if net is loaded.net else dataclasses.replace(loaded, net=net)
+
+
+def net_on_device(net: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``net`` on ``device``, never by moving it: the app shares one model between sessions,
+    and a sweep or a timing moving it would pull it from under another session's run.
+
+    The net itself when it is already there; otherwise a copy, made once per (net, device)
+    and kept while the net lives (a weak reference) and its weights are unchanged.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if next(net.parameters()).device == device:
+        return net
+    stamp = _stamp(net)
+    with _COPIES_LOCK:  # two sessions asking at once share one copy
+        copies = _COPIES.setdefault(net, {})
+        hit = copies.get(device)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, copy.deepcopy(net).to(device))
+            copies[device] = hit
+    return hit[1]

@@ -34,7 +34,7 @@ from .errors import InputError
 from .evaluate import check_device
 from .flops import full_gflops
 from .methods import METHODS, format_value
-from .models import LoadedModel
+from .models import LoadedModel, net_on_device
 from .vit import ATSConfig, check_vit, resolve, run_ats
 
 REFERENCE = ATSConfig(method="full")
@@ -121,7 +121,8 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
     normalised; each repetition, warm-up included, runs every setting on the next batch, in turn).
 
     Returns one Measured per setting, the full model first. ``progress(done, total)`` is
-    called after every run, warm-up included. The model is moved to ``device`` and back.
+    called after every run, warm-up included. ``net`` itself is never moved: on another
+    device a copy runs (``models.net_on_device``), so a shared model stays where it is.
     """
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise InputError(f"Warm-up runs must be a whole number of 0 or more (got {warmup!r}).")
@@ -144,29 +145,25 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
     total, done = (warmup + repeats) * n, 0
     seconds: list[list[float]] = [[] for _ in settings]
     gflops: list[list[Tensor]] = [[] for _ in settings]
-    original = next(net.parameters()).device
-    net.to(dev)
-    try:
-        batches = [x.to(dev) for x in inputs]
-        with torch.inference_mode():
-            for r in range(warmup + repeats):
-                x = batches[r % len(batches)]
-                timed = r >= warmup
-                for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
-                    sync()
-                    t0 = _clock()
-                    per_image = _run(net, x, settings[j])
-                    sync()
-                    t1 = _clock()
-                    if timed:
-                        seconds[j].append(t1 - t0)
-                        if per_image is not None:
-                            gflops[j].append(per_image.double().cpu())
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-    finally:
-        net.to(original)
+    net = net_on_device(net, dev)
+    batches = [x.to(dev) for x in inputs]
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            x = batches[r % len(batches)]
+            timed = r >= warmup
+            for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
+                sync()
+                t0 = _clock()
+                per_image = _run(net, x, settings[j])
+                sync()
+                t1 = _clock()
+                if timed:
+                    seconds[j].append(t1 - t0)
+                    if per_image is not None:
+                        gflops[j].append(per_image.double().cpu())
+                done += 1
+                if progress is not None:
+                    progress(done, total)
     h, w = inputs[0].shape[-2:]
     full = full_gflops(net, patches + net.num_prefix_tokens, h, w)
     batch = sizes.pop()

@@ -77,7 +77,13 @@ def saved_results() -> None:
         st.error(str(err) if isinstance(err, InputError) else f"The results manifest is incomplete ({err}).")
         st.stop()
     m = saved.manifest
-    st.markdown(f"**{m.get('model', '?')}** on {m.get('images', '?')} images from `{m.get('dataset', '?')}`.")
+    how = []  # how a run other than one process at fp32 was made (folders from before have neither key)
+    if isinstance(m.get("world_size"), int) and m["world_size"] > 1:
+        how.append(f"{m['world_size']} processes")
+    if m.get("precision", "fp32") != "fp32":
+        how.append(str(m["precision"]))
+    st.markdown(f"**{m.get('model', '?')}** on {m.get('images', '?')} images from `{m.get('dataset', '?')}`"
+                + (f" ({', '.join(how)})." if how else "."))
     show(saved.per_image, saved.summary, full, names)
 
 

@@ -1,6 +1,7 @@
 """The Dataset page through Streamlit's AppTest: a sweep, the cache, saved results, refusals."""
 
 import io
+import json
 import zipfile
 
 import numpy as np
@@ -80,6 +81,14 @@ def test_saved_results_open_without_a_model_run(monkeypatch, cache, shapes, tmp_
     at.text_input(key="ds_saved_path").set_value(str(out)).run()
     assert not at.exception and not at.error
     assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 4
+
+    # A folder written by a torchrun of several processes carries more in its manifest.
+    manifest = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**manifest, "world_size": 4, "precision": "bf16",
+                                                  "devices": [{"device": f"cuda:{i}"} for i in range(4)]}))
+    at.text_input(key="ds_saved_path").set_value(str(out) + "/").run()
+    assert not at.exception and not at.error
+    assert any("(4 processes, bf16)" in m.value for m in at.markdown)
 
 
 @pytest.mark.parametrize("source, widget, value, sentence", [

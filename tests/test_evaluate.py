@@ -308,3 +308,33 @@ def test_cli_evit_without_fusion(folder, tmp_path):
                  "--no-cache", "--subset", "2", "--out", str(tmp_path)]) == 0
     summary = load_results(tmp_path).summary.set_index("setting")
     assert summary.loc["evit keep=0.5 unfused", "tokens_final_mean"] == 25  # 196 -> 98 -> 49 -> 25, none fused
+
+
+def test_imagenet_val_folders_as_people_have_them(tmp_path):
+    """A flat val/ folder with LOC_val_solution.csv (ImageId without .JPEG, PredictionString
+    starting with the synset), or a CSV of filename and synset or 0-based class index."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    names, synsets = info.label_descriptions(), info.label_names()
+    val = tmp_path / "val"
+    val.mkdir()
+    for i in range(1, 4):
+        (val / f"ILSVRC2012_val_{i:08d}.JPEG").write_bytes(_png(i))
+    solution = tmp_path / "LOC_val_solution.csv"
+    solution.write_text("ImageId,PredictionString\n"
+                        f"ILSVRC2012_val_00000002,{synsets[65]} 10 20 200 300 {synsets[65]} 5 5 50 50 \n"
+                        f"ILSVRC2012_val_00000001,{synsets[970]} 1 2 3 4 \n"
+                        "ILSVRC2012_val_00000003,n99999999 1 2 3 4 \n")
+    ds = load_dataset(val, names, solution)
+    assert [(it.name, it.target) for it in ds.items] == [("ILSVRC2012_val_00000002.JPEG", 65),
+                                                           ("ILSVRC2012_val_00000001.JPEG", 970)]
+    assert ds.unmatched == {"n99999999": 1}
+
+    plain = tmp_path / "labels.csv"
+    plain.write_text(f"filename,label\nILSVRC2012_val_00000001.JPEG,{synsets[3]}\n"
+                     "ILSVRC2012_val_00000002.JPEG,999\nILSVRC2012_val_00000003.JPEG,1000\n")
+    ds = load_dataset(val, names, plain)
+    assert [it.target for it in ds.items] == [3, 999] and ds.unmatched == {"1000": 1}
+    (tmp_path / "gone.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000009,n01440764 1 2 3 4\n")
+    assert "'ILSVRC2012_val_00000009'" in _refusal(load_dataset, val, names, tmp_path / "gone.csv")
