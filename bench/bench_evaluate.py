@@ -43,7 +43,7 @@ def timed(model: LoadedModel, ds: Dataset, settings: list[ATSConfig], batch: int
 
 
 def bench(model: LoadedModel, ds: Dataset, batch: int, device: str) -> None:
-    settings = make_settings(LADDER, ["ats"])
+    settings = make_settings({"ats": LADDER})
     m, n = len(settings), len(ds.items)
     warm = Dataset(ds.root, ds.items[:2], ds.class_names, 2)
     timed(model, warm, settings, batch, device)  # first-call costs (FLOP probe, allocator) out of the way
