@@ -33,10 +33,9 @@ from ats_viz.methods import parse_ladder
 from ats_viz.models import load_model
 
 README = Path(__file__).resolve().parent / "README.md"
-START, END = "<!-- bench_speed: start -->", "<!-- bench_speed: end -->"
 # Two points per method where it has two, spanning about the same GFLOPs for every method.
 LADDERS = {"ats": "all,0.5", "topk": "0.75,0.5", "tome": "8,13", "evit": "0.7,0.5"}
-BATCHES = (1, 32)
+BATCHES = (1, 32)  # the record's; a GPU run adds a larger batch, where a GPU fills up
 
 
 def sharpen(net: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
@@ -48,9 +47,15 @@ def sharpen(net: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
     return net
 
 
-def models() -> list[tuple[str, torch.nn.Module, torch.Tensor, str]]:
+def markers(device: str) -> tuple[str, str]:
+    """Each device type fills its own section of bench/README.md."""
+    kind = torch.device(device).type
+    return f"<!-- bench_speed {kind}: start -->", f"<!-- bench_speed {kind}: end -->"
+
+
+def models(batches: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, torch.Tensor, str]]:
     """(name, net, image pool, where the images come from)."""
-    pool_size = 2 * max(BATCHES)
+    pool_size = 2 * max(batches)
     torch.manual_seed(0)
     deit = sharpen(timm.create_model("deit_small_patch16_224").eval())
     shipped = load_model("embedded")
@@ -72,7 +77,8 @@ def markdown(name: str, source: str, table) -> str:
     return "\n".join(lines)
 
 
-def replace_section(readme: Path, body: str) -> None:
+def replace_section(readme: Path, body: str, device: str) -> None:
+    START, END = markers(device)
     text = readme.read_text()
     if START not in text or END not in text:
         sys.exit(f"{readme} has no {START} ... {END} section to fill")
@@ -86,22 +92,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
+    parser.add_argument("--batch", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = make_settings({m: parse_ladder(m, text) for m, text in LADDERS.items()})
+    batches = tuple(timing.parse_batch_sizes(args.batch))
     where = timing.machine(args.device)
-    parts = [f"`python bench/bench_speed.py{' --device ' + args.device if args.device != 'cpu' else ''}`, "
+    flags = (f" --device {args.device}" if args.device != "cpu" else "") + \
+        (f" --batch {args.batch}" if batches != BATCHES else "")
+    parts = [f"`python bench/bench_speed.py{flags}`, "
              f"{datetime.date.today()}, {where}, torch {torch.__version__}; median of {args.repeats} timed runs "
              f"after {args.warmup} warm-up runs, every setting in turn."]
-    for name, net, pool, source in models():
+    for name, net, pool, source in models(batches):
         print(f"{name} on {where}...", file=sys.stderr, flush=True)
-        table = timing.benchmark(net, pool, settings, BATCHES, args.warmup, args.repeats, args.device)
+        table = timing.benchmark(net, pool, settings, batches, args.warmup, args.repeats, args.device)
         parts.append(markdown(name, source, table))
         print(parts[-1] + "\n", flush=True)
     if not args.no_readme:
-        replace_section(README, "\n\n".join(parts))
+        replace_section(README, "\n\n".join(parts), args.device)
         print(f"wrote {README}")
 
 
