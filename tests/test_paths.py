@@ -59,3 +59,23 @@ def test_set_but_empty_turns_typed_paths_off(monkeypatch, tree):
     assert allowed_roots() == () and not typed_paths_allowed()
     with pytest.raises(InputError, match="Typed paths are turned off on this server"):
         confine(inside)
+
+
+def test_a_dataset_folder_never_follows_a_link_out_of_it(tmp_path):
+    from ats_viz.data import load_dataset
+    from ats_viz.synthetic import write_imagefolder
+
+    root = write_imagefolder(tmp_path / "shapes", per_class=1, seed=3)
+    elsewhere = write_imagefolder(tmp_path / "elsewhere", per_class=1, seed=4)
+    names = sorted(p.name for p in root.iterdir())
+    first = next((elsewhere / names[0]).iterdir())
+    (root / names[0] / "borrowed.png").symlink_to(first)
+    ds = load_dataset(root, names)
+    assert len(ds.items) == 10 and all(it.path.is_relative_to(root.resolve()) for it in ds.items)
+    assert any(f"1 image(s) left out: they are links to files outside the folder" in n
+               and f"{names[0]}/borrowed.png" in n for n in ds.notes())
+    only = tmp_path / "links" / names[0]
+    only.mkdir(parents=True)
+    (only / "a.png").symlink_to(first)
+    with pytest.raises(InputError, match="is a link to a file outside it"):
+        load_dataset(tmp_path / "links", names)
