@@ -100,6 +100,11 @@ def test_typed_paths_outside_the_roots_are_refused_and_never_read(monkeypatch, c
     assert outside in errors(at)
     assert not at.metric  # no model, no run
 
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/1_Image.py")
+    at.query_params.update({"source": "file", "ckpt": str(pipe)})  # a link someone was sent
+    at.run()
+    assert outside in errors(at) and not at.metric
+
 
 def test_empty_roots_leave_uploads_only(monkeypatch, cache, shapes):
     monkeypatch.setenv("ATS_VIZ_ROOTS", "")
