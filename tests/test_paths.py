@@ -72,7 +72,7 @@ def test_a_dataset_folder_never_follows_a_link_out_of_it(tmp_path):
     (root / names[0] / "borrowed.png").symlink_to(first)
     ds = load_dataset(root, names)
     assert len(ds.items) == 10 and all(it.path.is_relative_to(root.resolve()) for it in ds.items)
-    assert any(f"1 image(s) left out: they are links to files outside the folder" in n
+    assert any("1 image(s) left out: they are links to files outside the folder" in n
                and f"{names[0]}/borrowed.png" in n for n in ds.notes())
     only = tmp_path / "links" / names[0]
     only.mkdir(parents=True)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
@@ -174,7 +175,7 @@ def test_a_queued_video_analysis_shows_its_place_and_stop_leaves_the_queue(monke
     told = stop_when_queued(monkeypatch, ui)
     at = open_page(monkeypatch, "3_Video.py")
     at.number_input(key="video_max_frames").set_value(2).run()
-    with queue.ticket() as first, queue.ticket() as second:  # two jobs ahead: one running, one waiting
+    with queue.ticket() as first, queue.ticket():  # two jobs ahead: one running, one waiting
         assert list(first.wait()) == []
         at.button(key="video_go").click().run()
         assert not at.exception, at.exception
@@ -213,8 +214,6 @@ def test_a_sweep_on_the_shared_model_leaves_the_image_page_right(monkeypatch, ca
     try:  # meanwhile another session uploads to the Image page, which runs the same cached model
         img, _ = synthetic.sample((9, 9), label=4)
         buf = io.BytesIO()
-        from PIL import Image
-
         Image.fromarray(img).save(buf, format="PNG")
         at = open_page(monkeypatch, "1_Image.py")
         at.file_uploader(key="image_upload").set_value(("mine.png", buf.getvalue(), "image/png")).run()
