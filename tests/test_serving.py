@@ -189,6 +189,15 @@ def test_a_queued_video_analysis_shows_its_place_and_stop_leaves_the_queue(monke
     assert queue.state() == (0, 0)
 
 
+def test_a_bad_job_limit_gets_a_sentence(monkeypatch, cache, shapes):
+    monkeypatch.setenv("ATS_VIZ_MAX_JOBS", "many")
+    at = open_page(monkeypatch, "4_Dataset.py", "folder")
+    at.text_input(key="ds_folder").set_value(str(shapes)).run()
+    at.multiselect(key="ds_methods").set_value(["ats"]).run()
+    at.button(key="ds_go").click().run()
+    assert "ATS_VIZ_MAX_JOBS must be a whole number of at least 1 (got 'many')" in errors(at)
+
+
 def test_the_image_and_compare_pages_are_never_queued(monkeypatch, cache, ui):
     queue = ui.job_queue(1)
     with queue.ticket() as sweep:  # a sweep holds the only slot
