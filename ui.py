@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import streamlit as st
 import torch
 
 from ats_viz import ATSConfig, InputError, run_ats
+from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
+from ats_viz.evaluate import check_device
 from ats_viz.methods import METHODS, get, parse_stages
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
+from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
 from ats_viz import timing, viz
 
@@ -83,8 +88,9 @@ def sidebar() -> Settings | None:
                           **_bind("timm_name"))
             model = f"timm:{st.session_state.timm_name.strip()}"
         elif st.session_state.source == "file":
-            st.text_input("Checkpoint path (.safetensors, .pth)", **_bind("ckpt"))
-            st.text_input("timm architecture", placeholder="deit_small_patch16_224", **_bind("arch"))
+            if typed_paths_allowed():  # else the page says why there is no box (below)
+                st.text_input("Checkpoint path (.safetensors, .pth)", help=_roots_help(), **_bind("ckpt"))
+                st.text_input("timm architecture", placeholder="deit_small_patch16_224", **_bind("arch"))
             model, arch = st.session_state.ckpt, st.session_state.arch.strip() or None
         else:
             model = st.session_state.source
@@ -107,6 +113,11 @@ def sidebar() -> Settings | None:
             del st.query_params[k]
     method = st.session_state.method
     try:
+        if st.session_state.source == "file":
+            if not typed_paths_allowed():
+                raise InputError(OFF)
+            if model.strip():
+                model = str(confine(model))  # before source_stamp or load_model touches the file
         field = METHODS[method].param.field if METHODS[method].param else None
         config = config_from_text(method, st.session_state.stages, st.session_state[field] if field else "",
                                   st.session_state.fuse_token == "yes")
@@ -120,15 +131,51 @@ STAGE_LEGEND = ("Outlined: tokens that leave the stage; outlined in blue: patche
                 "dimmed: patches dropped.",
                 "Each merged token tints the patches it holds in one colour, with a white line where two "
                 "meet; untinted patches are still tokens of their own.")
+
+
+def _roots_help() -> str | None:
+    roots = allowed_roots()
+    return None if roots is None else "This server reads only inside " + ", ".join(f"`{r}`" for r in roots) + "."
+
+
 GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring and sampling (O(N log N)) "
                "and ToMe's matching are left out, as in the papers.")
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-def get_model(spec: str, arch: str | None, stamp: tuple) -> LoadedModel:
-    """Loaded once per (spec, arch, file size and mtime) for the whole server: widgets never
-    reload it, and a checkpoint rewritten in place is read again."""
-    return load_model(spec, arch)
+def get_model(spec: str, arch: str | None, stamp: tuple, device: str = "cpu") -> LoadedModel:
+    """Loaded once per (spec, arch, file size and mtime, device) for the whole server: widgets
+    never reload it, a checkpoint rewritten in place is read again, and a sweep on another device
+    gets a copy of its own there, so the CPU copy every session's Image page is using never moves."""
+    loaded = load_model(spec, arch)
+    loaded.net.to(device)
+    return loaded
+
+
+@st.cache_resource(show_spinner=False)
+def job_queue(max_jobs: int) -> jobs.JobQueue:
+    """The server's one queue for sweeps and video analyses (one per limit, should it change)."""
+    return jobs.JobQueue(max_jobs)
+
+
+def queued_text(ahead: int, max_jobs: int) -> str:
+    limit = "one sweep or video analysis" if max_jobs == 1 else f"up to {max_jobs} sweeps or video analyses"
+    return (f"Queued: {ahead} job{'' if ahead == 1 else 's'} ahead of yours (this server runs {limit} at a "
+            "time). Yours starts by itself; Stop leaves the queue.")
+
+
+@contextmanager
+def queued() -> Iterator[None]:
+    """Run the block once the server has a free job slot, saying meanwhile where this session
+    stands. Stop reruns the script: Streamlit raises in the next st call (the note, written at
+    every wake-up) and the ticket's block gives the place back. InputError: a bad ATS_VIZ_MAX_JOBS."""
+    q = job_queue(jobs.max_jobs())
+    note = st.empty()
+    with q.ticket() as t:
+        for ahead in t.wait():
+            note.info(queued_text(ahead, q.max_jobs))
+        note.empty()
+        yield
 
 
 def check(loaded: LoadedModel, configs: list[ATSConfig]) -> bool:
@@ -143,9 +190,9 @@ def check(loaded: LoadedModel, configs: list[ATSConfig]) -> bool:
     return True
 
 
-def model_or_error(settings: Settings) -> LoadedModel | None:
+def model_or_error(settings: Settings, device: str = "cpu") -> LoadedModel | None:
     try:
-        loaded = get_model(settings.model, settings.arch, source_stamp(settings.model))
+        loaded = get_model(settings.model, settings.arch, source_stamp(settings.model), str(check_device(device)))
     except InputError as err:
         st.error(str(err))
         return None

@@ -116,6 +116,7 @@ class Dataset:
     found: int  # images found before unmatched labels and subsetting took any out
     unmatched: dict[str, int] = field(default_factory=dict)  # label -> images left out for it
     badly_named: list[str] = field(default_factory=list)  # left out: names not valid UTF-8
+    outside: list[str] = field(default_factory=list)  # left out: links leading out of the folder
 
     def fingerprint(self) -> list[tuple[str, int, int]]:
         """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
@@ -133,7 +134,10 @@ class Dataset:
         if self.badly_named:
             notes.append(f"{len(self.badly_named)} image(s) left out: their file names are not valid UTF-8 "
                          f"(rename them): {_few(self.badly_named)}.")
-        matched = self.found - sum(self.unmatched.values()) - len(self.badly_named)
+        if self.outside:
+            notes.append(f"{len(self.outside)} image(s) left out: they are links to files outside the folder "
+                         f"(copy the files in instead): {_few(self.outside)}.")
+        matched = self.found - sum(self.unmatched.values()) - len(self.badly_named) - len(self.outside)
         if len(self.items) < matched:
             notes.append(f"Evaluating a random subset of {len(self.items)} of {matched} images.")
         return notes
@@ -282,9 +286,12 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
         raise InputError(f"None of the labels ({_few(labels)}) match the model's classes ({_few(list(class_names))}). "
                          "Name the class folders (or the CSV's labels) after the model's classes.")
     base = root.resolve()
-    items, badly_named = [], []
+    items, badly_named, outside = [], [], []
     for p, label in pairs:
         if label not in matched:
+            continue
+        if not p.resolve().is_relative_to(base):  # a link out: reading it would step past ATS_VIZ_ROOTS
+            outside.append(p.relative_to(root).as_posix().encode("utf-8", "replace").decode())
             continue
         name = p.resolve().relative_to(base).as_posix()
         try:
@@ -299,9 +306,11 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
         if subset < len(items):
             keep = sorted(random.Random(seed).sample(range(len(items)), subset))
             items = [items[i] for i in keep]
+    if not items and outside and not badly_named:
+        raise InputError(f"Every image in '{root}' is a link to a file outside it: copy the files in instead.")
     if not items:
         raise InputError(f"No image in '{root}' has a file name in valid UTF-8: rename them.")
-    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named)
+    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named, outside)
 
 
 def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tuple:

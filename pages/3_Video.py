@@ -73,6 +73,10 @@ c3.markdown(f"**{path.name if upload is None else upload.name}**: {info.width} x
 
 key = (source, model_hash(loaded.net), settings.config, stride, int(max_frames))
 stored = st.session_state.get("video_result")
+if stored is not None and not stored[1].frames:
+    st.info("Stopped (while queued, or before the first frame was done). Press Analyse again.")
+    del st.session_state["video_result"]
+    stored = None
 if stored is None or stored[0] != key:
     if not st.button("Analyse", type="primary", key="video_go"):
         st.stop()
@@ -81,10 +85,11 @@ if stored is None or stored[0] != key:
     bar = st.progress(0.0, text="Reading frames...")
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
-        for fr in vid.stream(loaded, info, settings.config, stride, int(max_frames)):
-            result.frames.append(fr)
-            done = len(result.frames)
-            bar.progress(done / expected if expected else 0.0, text=f"{done} of {expected or '?'} frames")
+        with ui.queued():
+            for fr in vid.stream(loaded, info, settings.config, stride, int(max_frames)):
+                result.frames.append(fr)
+                done = len(result.frames)
+                bar.progress(done / expected if expected else 0.0, text=f"{done} of {expected or '?'} frames")
     except InputError as err:
         st.error(str(err))
         st.stop()
@@ -92,10 +97,6 @@ if stored is None or stored[0] != key:
     st.rerun()
 
 result = stored[1]
-if not result.frames:
-    st.info("Stopped before the first frame was done. Press Analyse again.")
-    st.session_state.pop("video_result")
-    st.stop()
 if result.cancelled:
     st.warning(f"Stopped after {len(result.frames)} frames: these are shown. Change a setting and analyse "
                "again for the rest.")

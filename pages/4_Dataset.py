@@ -15,6 +15,7 @@ from ats_viz import evaluate as ev
 from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldout_folder, load_dataset
 from ats_viz.methods import METHODS, REDUCERS, parse_ladder
 from ats_viz.models import model_hash
+from ats_viz.paths import OFF, confine, typed_paths_allowed
 
 settings = ui.sidebar()
 st.title("Accuracy against GFLOPs over a dataset")
@@ -64,13 +65,19 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
 
 
 def saved_results() -> None:
-    path = st.text_input("Results folder (written by this page or 'python -m ats_viz evaluate --out')",
-                         key="ds_saved_path")
-    upload = st.file_uploader("...or a results ZIP downloaded from this page", type=["zip"], key="ds_saved_zip")
+    path = ""
+    if typed_paths_allowed():
+        path = st.text_input("Results folder (written by this page or 'python -m ats_viz evaluate --out')",
+                             key="ds_saved_path")
+    upload = st.file_uploader("...or a results ZIP downloaded from this page" if typed_paths_allowed() else
+                              "Results ZIP downloaded from this page", type=["zip"], key="ds_saved_zip")
     if upload is None and not path.strip():
         st.stop()
     try:
-        folder = extract_zip(upload.getvalue(), upload.name, ("csv", "json", "html")) if upload else path.strip()
+        if upload is not None:
+            folder = extract_zip(upload.getvalue(), upload.name, ("csv", "json", "html"))
+        else:
+            folder = confine(path.strip())
         saved = ev.load_results(folder)
         full, names = float(saved.manifest["full_gflops"]), list(saved.manifest["class_names"])
     except (InputError, KeyError, TypeError, ValueError) as err:
@@ -95,11 +102,16 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
         st.caption("500 synthetic shapes images (seed 1) that the shipped model never trained on.")
         return folder, None
     if source == "folder":
+        if not typed_paths_allowed():
+            st.info(OFF)
+            return None
         a, b = st.columns(2)
         folder = a.text_input("Folder (ImageFolder: one subfolder per class)", key="ds_folder")
         csv = b.text_input("Labels CSV of filename,label (optional; filenames relative to the folder)",
                            key="ds_csv_path")
-        return (folder.strip(), csv.strip() or None) if folder.strip() else None
+        if not folder.strip():
+            return None
+        return confine(folder.strip()), (confine(csv.strip()) if csv.strip() else None)
     a, b = st.columns(2)
     upload = a.file_uploader("ZIP of an ImageFolder, or of images and a labels CSV", type=["zip"], key="ds_zip")
     labels = b.file_uploader("Labels CSV (optional)", type=["csv"], key="ds_csv_upload")
@@ -176,8 +188,15 @@ key = hashlib.sha256(json.dumps([model_hash(loaded.net), dataset.fingerprint(),
                                  [it.target for it in dataset.items],
                                  [repr(cfg) for cfg in runs]]).encode()).hexdigest()
 stored = st.session_state.get("ds_run")
+if stored is not None and stored["result"] is None:
+    st.info("Stopped while queued, before any image was done. Press Evaluate to queue again.")
+    del st.session_state["ds_run"]
+    stored = None
 if stored is None or stored["key"] != key:
     if not (st.session_state.pop("ds_restart", False) or st.button("Evaluate", type="primary", key="ds_go")):
+        st.stop()
+    on_device = ui.model_or_error(settings, device)  # a copy of its own: the other pages' CPU copy never moves
+    if on_device is None:
         st.stop()
     stored = {"key": key, "result": None, "cancelled": True}
     st.session_state.ds_run = stored  # partial results survive a stop
@@ -199,7 +218,9 @@ if stored is None or stored["key"] != key:
             shown[0] = time.monotonic()
 
     try:
-        stored["result"] = ev.run_sweep(loaded, dataset, runs, batch=int(batch), device=device, progress=on_progress)
+        with ui.queued():
+            stored["result"] = ev.run_sweep(on_device, dataset, runs, batch=int(batch), device=device,
+                                            progress=on_progress)
     except InputError as err:
         st.session_state.pop("ds_run", None)
         st.error(str(err))

@@ -278,3 +278,47 @@ def test_dataset_page_draws_the_curve_of_a_small_set(server, page):
     assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
     no_exception_box(page)
     shot(page, "dataset")
+
+
+def test_a_second_sweep_waits_its_turn_and_stop_leaves_the_queue(server, browser):
+    """ATS_VIZ_MAX_JOBS unset: one sweep at a time. Stop in a real browser reruns the page (a fast
+    rerun stops the waiting script), and the place it held is given back."""
+    url, tmp = server
+    folder = synthetic.write_imagefolder(tmp / "queue-set", per_class=20, seed=22)  # long enough to hold the slot
+    contexts, pages = [], []
+    for _ in range(2):
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1600}))
+        contexts[-1].set_default_timeout(SLOW_MS)
+        pg = contexts[-1].new_page()
+        pg.goto(url + "/Dataset")
+        pg.get_by_text("A folder on this machine").click()
+        box = pg.get_by_role("textbox", name="Folder (ImageFolder: one subfolder per class)")
+        box.fill(str(folder))
+        box.press("Enter")
+        pg.get_by_text("200 images", exact=False).first.wait_for()
+        settle(pg)
+        pages.append(pg)
+    first, second = pages
+
+    def stop(pg):  # the page's own Stop, not the one in Streamlit's header
+        pg.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Stop", exact=True).click()
+
+    try:
+        first.get_by_role("button", name="Evaluate").click()
+        first.get_by_text("image-settings", exact=False).first.wait_for()
+        second.get_by_role("button", name="Evaluate").click()
+        second.get_by_text("Queued: 1 job ahead of yours").wait_for()
+        stop(second)
+        second.get_by_text("Stopped while queued").wait_for()
+        settle(second)
+        second.get_by_role("button", name="Evaluate").click()
+        second.get_by_text("Queued: 1 job ahead of yours").wait_for()  # not 2: the stopped place was given back
+        stop(first)  # the running sweep ends: the queued one starts
+        second.get_by_text("image-settings", exact=False).first.wait_for()
+        stop(second)
+        second.get_by_text("Stopped:", exact=False).first.wait_for()
+        for pg in pages:
+            no_exception_box(pg)
+    finally:
+        for ctx in contexts:
+            ctx.close()
