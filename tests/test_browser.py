@@ -213,17 +213,17 @@ def test_image_page_upload_shows_overlays_and_the_token_count(server, page, mode
 def test_compare_page_shows_four_budgets(server, page, model):
     url, _ = server
     page.goto(url + "/Compare")
-    page.get_by_text("Compare thresholds").wait_for()
-    metrics = page.locator('[data-testid="stMetric"]').filter(has_text="Tokens kept")
+    page.get_by_text("Compare settings and methods").wait_for()
+    metrics = page.locator('[data-testid="stMetric"]').filter(has_text="Tokens at the end")
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid="stMetric"]')]
-                 .filter(m => m.innerText.includes('Tokens kept')).length === 4""", timeout=SLOW_MS)
+                 .filter(m => m.innerText.includes('Tokens at the end')).length === 4""", timeout=SLOW_MS)
     settle(page)
     assert metrics.count() == 4
     sample = sorted(p.name for p in SAMPLES.glob("*.png"))[0]
     data = (SAMPLES / sample).read_bytes()
-    assert metric_values(page, "Tokens kept") == [expected_tokens(model, data, ATSConfig(k=k))
-                                                  for k in (None, 0.75, 0.5, 0.25)]
+    assert metric_values(page, "Tokens at the end") == [expected_tokens(model, data, ATSConfig(k=k))
+                                                        for k in (None, 0.75, 0.5, 0.25)]
     assert images_loaded(page) >= 4
     no_exception_box(page)
     shot(page, "compare")
@@ -266,7 +266,7 @@ def test_dataset_page_draws_the_curve_of_a_small_set(server, page):
     box = page.get_by_role("textbox", name="Folder (ImageFolder: one subfolder per class)")
     box.fill(str(folder))
     box.press("Enter")
-    ladder = page.get_by_role("textbox", name="K ladder")
+    ladder = page.get_by_role("textbox", name="ATS: K ladder")
     ladder.fill("98")
     ladder.press("Enter")
     page.get_by_text("10 images", exact=False).first.wait_for()
