@@ -314,6 +314,8 @@ def _files_digest(items: Sequence[DatasetItem]) -> str:
 
 
 def _device_doc(dev: torch.device) -> dict:
+    if dev.type == "cuda" and dev.index is None:  # "cuda" is the current GPU: record which one
+        dev = torch.device("cuda", torch.cuda.current_device())
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or platform.machine()
     return {"device": str(dev), "name": name, "host": socket.gethostname()}
 

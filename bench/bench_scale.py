@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def sweep(processes: int, threads: int, args: argparse.Namespace, out: Path) -> tuple[float, float]:
     """(sweep seconds, wall seconds) of one run of the command line."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     launch = [sys.executable, "-m", "ats_viz"] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
          "-m", "ats_viz", "--"]

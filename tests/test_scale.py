@@ -31,7 +31,7 @@ def folder(tmp_path_factory):
 
 def _evaluate(args: list[str], processes: int, tmp: Path) -> subprocess.CompletedProcess:
     """The command line in fresh processes, one thread each, as a cluster job runs it."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ATS_VIZ_CACHE": str(tmp / "home")}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), "ATS_VIZ_CACHE": str(tmp / "home")}
     launch = [sys.executable, "-m", "ats_viz"] if processes == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
          "-m", "ats_viz", "--"]  # "--": torchrun would read --r as an abbreviation of its own --rdzv-*
