@@ -96,7 +96,7 @@ async def session(browser, url: str, n: int, uploads: int, size: int, expected: 
     page = await (await browser.new_context(viewport={"width": 1400, "height": 1600})).new_page()
     page.set_default_timeout(SLOW_MS)
     await page.goto(url + "/Image")
-    await page.get_by_text("Sampled tokens of one image").wait_for()
+    await page.get_by_text("The tokens of one image, stage by stage").wait_for()
     await page.wait_for_selector(IDLE)
     for i in range(uploads):
         name = f"s{n:02d}-upload-{i:02d}.png"
