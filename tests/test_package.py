@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from ats_viz.models import ASSETS, EMBEDDED, SAMPLES
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _python(code: str, cwd: Path, path: str) -> subprocess.CompletedProcess:

@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import ROOT
 from ats_viz import InputError
 from ats_viz.data import load_dataset
 from ats_viz.evaluate import load_results, make_settings, run_sweep
-from ats_viz.models import load_model, on_device
+from ats_viz.models import on_device
 from ats_viz.synthetic import write_imagefolder
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import io
 import os
 import threading
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +13,12 @@ from PIL import Image
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
+from conftest import ROOT, open_app
 from ats_viz import ATSConfig, run_ats, synthetic
 from ats_viz import evaluate as ev
 from ats_viz.data import load_dataset, read_image
 from ats_viz.models import load_model, model_hash, source_stamp
 from ats_viz.synthetic import write_imagefolder
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -47,9 +45,7 @@ def ui(monkeypatch):
 
 
 def open_page(monkeypatch, name: str, source: str | None = None) -> AppTest:
-    monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page(f"pages/{name}")
-    at.run()
+    at = open_app(monkeypatch, name)
     if source:
         at.radio(key="ds_source").set_value(source).run()
     assert not at.exception, at.exception
@@ -101,9 +97,7 @@ def test_typed_paths_outside_the_roots_are_refused_and_never_read(monkeypatch, c
     assert outside in errors(at)
     assert not at.metric  # no model, no run
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/1_Image.py")
-    at.query_params.update({"source": "file", "ckpt": str(pipe)})  # a link someone was sent
-    at.run()
+    at = open_app(monkeypatch, "1_Image.py", params={"source": "file", "ckpt": str(pipe)})  # a link someone was sent
     assert outside in errors(at) and not at.metric
 
 

@@ -2,27 +2,18 @@
 refusals. Nothing here asserts how fast anything is: the machine is shared and noisy."""
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
+from conftest import open_app
 from ats_viz import ATSConfig, InputError, run_ats, timing, viz
 from ats_viz.__main__ import main
 from ats_viz.data import load_dataset, read_image
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.models import ASSETS, load_model
 from ats_viz.synthetic import write_imagefolder
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model("embedded")
-
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
@@ -179,10 +170,7 @@ def test_image_page_times_only_when_asked(monkeypatch, model):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(timing, "time_settings", counting)
-    monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/1_Image.py")
-    at.run()
-    assert not at.exception, at.exception
+    at = open_app(monkeypatch, "1_Image.py")
     labels = [m.label for m in at.metric]
     assert calls == [] and "full: measured" not in labels  # nothing timed on opening the page
     at.button(key="image_speed").click().run()
@@ -202,9 +190,7 @@ def test_image_page_times_only_when_asked(monkeypatch, model):
 
 
 def test_compare_page_times_every_column_when_asked(monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).switch_page("pages/2_Compare.py")
-    at.run()
+    at = open_app(monkeypatch, "2_Compare.py")
     assert not [m for m in at.metric if m.label == "Measured"]
     at.button(key="compare_speed").click().run()
     assert not at.exception, at.exception
@@ -216,9 +202,7 @@ def test_compare_page_times_every_column_when_asked(monkeypatch):
 
 def test_dataset_page_measures_on_demand_and_switches_the_axis(monkeypatch, folder, tmp_path):
     monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))
-    monkeypatch.syspath_prepend(str(ROOT))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=240).switch_page("pages/4_Dataset.py")
-    at.run()
+    at = open_app(monkeypatch, "4_Dataset.py")
     at.radio(key="ds_source").set_value("folder").run()
     at.text_input(key="ds_folder").set_value(str(folder)).run()
     at.multiselect(key="ds_methods").set_value(["ats"]).run()
