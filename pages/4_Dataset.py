@@ -46,7 +46,7 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
         axis = st.radio("x axis", list(viz.CURVE_X), format_func=lambda c: viz.CURVE_X[c][0], horizontal=True,
                         key="ds_curve_x")
     st.plotly_chart(viz.curve_figure(summary, axis), key="ds_curve")
-    st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its K, accuracy, GFLOPs and tokens.")
+    st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its setting, accuracy, GFLOPs and tokens.")
     st.dataframe(summary, hide_index=True, column_config=FORMATS)
     labels = list(summary["setting"])
     pruned = [s for s in labels if s != "full"] or labels
