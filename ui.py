@@ -18,7 +18,7 @@ from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
 from ats_viz.evaluate import check_device
-from ats_viz.methods import METHODS, get, parse_stages
+from ats_viz.methods import METHODS, format_value, get, parse_stages
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
@@ -33,7 +33,9 @@ SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (
 # they survive page switches (Streamlit forgets a widget's state on pages that do not draw it).
 # Each method's parameter has its own key (its ATSConfig field), so switching methods keeps them.
 DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
-            "method": "ats", "stages": "", "k": "all", "r": "13", "keep_rate": "0.7", "fuse_token": "yes"}
+            "method": "ats", "stages": "", "fuse_token": "yes",
+            # one box per method parameter (the registry's), starting at ATSConfig's default
+            **{m.param.field: format_value(getattr(ATSConfig(), m.param.field)) for m in METHODS.values() if m.param}}
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,7 @@ def prepare(loaded: LoadedModel, name: str, data: bytes) -> tuple[torch.Tensor, 
 def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "stages") -> None:
     """The stage overlays, then one stage's score heatmap and sampling picture."""
     if not res.stages:
-        st.info("No ATS stage with these settings: every block keeps every token.")
+        st.info("No stage reduces with these settings: every block keeps every token.")
         return
     panels = viz.stage_overlays(image, res, index)
     st.caption(STAGE_LEGEND[res.config.method == "tome"])

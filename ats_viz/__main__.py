@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
-from .methods import METHODS, REDUCERS, parse_ladder, parse_methods, parse_stages
+from .methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder, parse_methods, parse_stages
 
 
 def _synth(args: argparse.Namespace) -> None:
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="the timm architecture of a checkpoint file")
     p.add_argument("--data", help="an ImageFolder (or, with --csv, any folder); default: the bundled held-out set")
     p.add_argument("--csv", help="a CSV of filename,label (filenames relative to --data)")
-    p.add_argument("--methods", default="ats,tome,evit,topk",
+    p.add_argument("--methods", default=",".join(SWEEP_DEFAULT),
                    help=f"comma-separated, of {', '.join(REDUCERS)} (full is always in)")
     _method_options(p, ladder=True)
     p.add_argument("--subset", type=int, help="evaluate this many images, chosen at random (seeded)")
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", help="the timm architecture of a checkpoint file")
     p.add_argument("--data", help="an ImageFolder to time on (default: the bundled held-out set for the shipped "
                                   "models, random normalised tensors otherwise)")
-    p.add_argument("--methods", default="ats,topk,tome,evit",
+    p.add_argument("--methods", default=",".join(SWEEP_DEFAULT),
                    help=f"comma-separated, of {', '.join(METHODS)} (full is always in: the reference)")
     _method_options(p, ladder=True)
     p.add_argument("--batch", default="1,32", help="batch sizes, comma-separated: 1 for latency, more for throughput")

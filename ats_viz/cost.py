@@ -9,7 +9,6 @@ GFLOPs land nearest a target, typically what ATS spent on the same image.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
@@ -53,17 +52,15 @@ def _candidates(method: str, num_patches: int) -> list:
     raise ValueError(f"{method} has no fixed cost to match")
 
 
-def equal_cost(net: VisionTransformer, method: str, target: float, base: ATSConfig | None = None,
-               height: int | None = None, width: int | None = None) -> tuple[ATSConfig, float]:
-    """The setting of ``method`` (its parameter only; stages and the rest from ``base``) whose
-    GFLOPs are nearest ``target``, and those GFLOPs. On a tie the larger cost wins."""
+def equal_cost(net: VisionTransformer, method: str, target: float) -> tuple[ATSConfig, float]:
+    """The setting of ``method`` (its parameter; its own default stages) whose GFLOPs at the
+    model's input size are nearest ``target``, and those GFLOPs. On a tie the larger cost wins."""
     param = get(method).param
     if param is None or method == "ats":
         raise ValueError(f"{method} has no fixed cost to match")
     depth, num_patches = len(net.blocks), net.patch_embed.num_patches
-    h, w = (height, width) if height else net.patch_embed.img_size
-    base = replace(base or ATSConfig(), method=method)
-    configs = [replace(base, **{param.field: v}) for v in _candidates(method, num_patches)]
+    h, w = net.patch_embed.img_size
+    configs = [ATSConfig(method=method, **{param.field: v}) for v in _candidates(method, num_patches)]
     counts = torch.tensor([fixed_counts(c, depth, num_patches, net.num_prefix_tokens) for c in configs])
     costs = gflops(net, counts, h, w, after_attention=METHODS[method].where == "tokens")
     best = int(torch.argmin((costs - target).abs() - costs * 1e-12))

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import shutil
+import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -382,7 +383,7 @@ def heldout_folder(per_class: int = 50) -> Path:
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
     write_imagefolder(tmp, per_class, HELDOUT_SEED)
     try:
         tmp.rename(out)
@@ -427,7 +428,7 @@ def extract_zip(data: bytes, name: str = "the archive",
                          f"{MAX_ZIP_BYTES // 1_000_000_000} GB. Evaluate a smaller part of it.")
     out = cache_root() / "uploads" / hashlib.sha256(data).hexdigest()[:24]
     if not out.is_dir():
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             for m in wanted:

@@ -21,6 +21,7 @@ import os
 import platform
 import socket
 import tempfile
+import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader
 from .data import Dataset, DatasetItem, Decoded, cache_root, collate_decoded, fingerprint
 from .errors import InputError
 from .models import LoadedModel, model_hash, on_device
-from .methods import METHODS, Value, get, parse_ladder
+from .methods import METHODS, Value, get
 from .vit import ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
 
 CACHE_VERSION = 2  # 2: one file per setting and chunk of images, precision in the key
@@ -61,11 +62,6 @@ def make_settings(ladders: Mapping[str, Sequence[Value]], stages: tuple[int, ...
             settings += [ATSConfig(method=name, stages=stages, seed=seed, fuse_token=fuse_token, **{param.field: v})
                          for v in values]
     return settings
-
-
-def default_ladders(names: Sequence[str]) -> dict[str, list[Value]]:
-    """Each method's default ladder: together they span about the same GFLOPs."""
-    return {n: parse_ladder(n, get(n).param.ladder) for n in names if get(n).param is not None}
 
 
 # ---------------------------------------------------------------------------- the sweep
@@ -273,7 +269,7 @@ class _Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"key": key, "names": run.names, "pred": run.pred, "confidence": run.confidence,
                "gflops": run.gflops, "tokens": run.tokens, "skipped": [list(s) for s in skipped]}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, path)  # atomic: a reader sees the old file or the new one, never half
 

@@ -243,6 +243,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            "token, weighted by their class attention."),
 )}
 REDUCERS = tuple(name for name, m in METHODS.items() if m.where)  # every method but the full model
+SWEEP_DEFAULT = ("ats", "tome", "evit", "topk")  # what a sweep compares unless told: ATS and the strongest rivals
 
 
 def get(name: str) -> Method:
@@ -275,11 +276,15 @@ def parse_stages(text: str) -> tuple[int, ...] | None:
         for part in text.replace(" ", "").split(","):
             if "-" in part[1:]:
                 a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise InputError(f"Stages '{part}' run backwards: write the first block first, like {b}-{a}.")
                 if b - a > 1000:  # checked before expanding: a URL must not exhaust memory
                     raise InputError(f"Stages '{text}' name more blocks than any ViT has.")
                 out += range(a, b + 1)
             elif part:
                 out.append(int(part))
+    except InputError:
+        raise
     except ValueError:
         raise InputError(f"Stages '{text}' are not block numbers: write them like 3-11 or 3, 6, 9.") from None
     return tuple(out)
@@ -309,5 +314,5 @@ def format_value(value: Value) -> str:
         return "all"
     if isinstance(value, (list, tuple)):
         return ",".join(format_value(v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return str(value)  # a float keeps its point: K=1.0 (every patch) is not K=1
 

@@ -26,6 +26,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from .arch import ModelSpec, build
 from .errors import InputError
+from .vit import check_vit
 
 # Package data (pyproject.toml's package-data), so a wheel carries it.
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -67,7 +68,9 @@ class LoadedModel:
 
 def wrap_net(net: VisionTransformer, name: str, class_names: list[str] | None = None,
             card: dict[str, Any] | None = None) -> LoadedModel:
-    """Any timm ViT as a LoadedModel: eval mode, class names, timm's preprocessing for it."""
+    """Any timm ViT as a LoadedModel: eval mode, class names, timm's preprocessing for it.
+    A model the engine cannot run is refused here, with its sentence, before anyone uses it."""
+    check_vit(net)
     net.eval()
     cfg = resolve_data_config({}, model=net)
     n = net.num_classes

@@ -24,8 +24,6 @@ from .errors import InputError
 from .flops import full_gflops, gflops
 from .methods import METHODS, Value, format_value, get
 
-Budget = Value
-
 
 @dataclass(frozen=True)
 class ATSConfig:
@@ -44,7 +42,7 @@ class ATSConfig:
     """
 
     stages: tuple[int, ...] | None = None
-    k: Budget = None
+    k: Value = None
     method: str = "ats"
     seed: int = 0
     r: Value = 13

@@ -13,7 +13,7 @@ import ui
 from ats_viz import InputError, timing, viz
 from ats_viz import evaluate as ev
 from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldout_folder, load_dataset
-from ats_viz.methods import METHODS, REDUCERS, parse_ladder
+from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
 from ats_viz.paths import OFF, confine, typed_paths_allowed
 
@@ -23,7 +23,6 @@ st.caption("Every image runs under the full model and under each method at each 
            "each image's own. Results are cached on disk by model, setting and image files: widening the "
            "ladder computes only the new settings.")
 
-DEFAULT_METHODS = ("ats", "tome", "evit", "topk")
 SOURCES = {"heldout": "Bundled held-out set", "folder": "A folder on this machine", "zip": "Upload a ZIP",
            "saved": "Open saved results"}
 FORMATS = {"top1": st.column_config.NumberColumn("top-1", format="percent"),
@@ -157,7 +156,7 @@ if chosen is None:
     st.stop()
 
 c = st.columns([4, 2, 1, 1, 1])
-methods = c[0].multiselect("Methods (full is always in)", list(REDUCERS), list(DEFAULT_METHODS),
+methods = c[0].multiselect("Methods (full is always in)", list(REDUCERS), list(SWEEP_DEFAULT),
                            format_func=lambda n: METHODS[n].label, key="ds_methods")
 subset = c[1].number_input("Images (0: all)", 0, 10_000_000, 0, key="ds_subset",
                            help="A random subset of this size, fixed by the seed.")
@@ -172,7 +171,8 @@ for col, name in zip(st.columns(max(len(methods), 1)), methods):
 st.caption("Stages come from the sidebar (" + (settings.stages_text or "each method's own") + "). The default "
            "ladders span about the same GFLOPs for every method, so their curves share one axis.")
 try:
-    runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages, int(seed))
+    runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages, int(seed),
+                           settings.config.fuse_token)
     dataset = listing(str(chosen[0]), tuple(loaded.class_names), chosen[1], int(subset) or None, int(seed),
                       dataset_stamp(*chosen))
 except InputError as err:
@@ -250,7 +250,8 @@ if timed is not None and timed["at"] != (int(batch), device):
 if not stored["cancelled"] and st.button("Measure speed", key="ds_time",
                                          help=f"Times every setting on a few batches of {int(batch)} of these "
                                               "images (1 warm-up and 3 timed, every setting in turn)."):
-    with st.spinner(f"Timing {len(runs)} settings..."):
+    # Queued like a sweep: it is as heavy, and timings taken beside another sweep mean little.
+    with ui.queued(), st.spinner(f"Timing {len(runs)} settings..."):
         try:
             timed = {"at": (int(batch), device), "table": timing.time_dataset(loaded, dataset, runs, int(batch), device),
                      "machine": str(timing.machine(device))}

@@ -338,3 +338,14 @@ def test_imagenet_val_folders_as_people_have_them(tmp_path):
     assert [it.target for it in ds.items] == [3, 999] and ds.unmatched == {"1000": 1}
     (tmp_path / "gone.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000009,n01440764 1 2 3 4\n")
     assert "'ILSVRC2012_val_00000009'" in _refusal(load_dataset, val, names, tmp_path / "gone.csv")
+
+
+def test_settings_text_reads_the_same_everywhere():
+    """The one parser: a reversed range is refused, 'all' works in every K ladder, and a float
+    keeps its point in labels (K = 1.0, every patch, is not the impossible K = 1)."""
+    from ats_viz.methods import parse_stages
+
+    assert "run backwards" in _refusal(parse_stages, "11-3")
+    assert parse_stages("3-5, 9") == (3, 4, 5, 9)
+    assert parse_ladder("topk", "all, 1.0, 1") == [None, 1.0] and parse_ladder("ats", "1") == [1]
+    assert ATSConfig(k=1.0).label() == "ats K=1.0" and ATSConfig(k=None).label() == "ats K=all"

@@ -109,3 +109,14 @@ def test_a_pickle_that_runs_code_is_refused_unrun(tmp_path):
     with pytest.raises(InputError, match="refused"):
         load_model(str(evil), arch="deit_tiny_patch16_224")
     assert not target.exists()
+
+
+def test_a_checkpoint_of_a_model_the_engine_cannot_run_is_refused_when_loaded(tmp_path):
+    """A CNN's checkpoint loads into its architecture fine, but no page could run it: refused at
+    load, with the sentence, rather than as an AttributeError on every page."""
+    from safetensors.torch import save_file
+
+    path = tmp_path / "cnn.safetensors"
+    save_file(timm.create_model("resnet10t").state_dict(), str(path))
+    with pytest.raises(InputError, match="ATS needs a timm VisionTransformer; got ResNet"):
+        load_model(str(path), arch="resnet10t")
