@@ -17,7 +17,6 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.evaluate import check_device
 from ats_viz.methods import METHODS, format_value, get, parse_stages
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
@@ -145,13 +144,11 @@ GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-def get_model(spec: str, arch: str | None, stamp: tuple, device: str = "cpu") -> LoadedModel:
-    """Loaded once per (spec, arch, file size and mtime, device) for the whole server: widgets
-    never reload it, a checkpoint rewritten in place is read again, and a sweep on another device
-    gets a copy of its own there, so the CPU copy every session's Image page is using never moves."""
-    loaded = load_model(spec, arch)
-    loaded.net.to(device)
-    return loaded
+def get_model(spec: str, arch: str | None, stamp: tuple) -> LoadedModel:
+    """Loaded once per (spec, arch, file size and mtime) for the whole server: widgets never
+    reload it, and a checkpoint rewritten in place is read again. Every session shares it; work
+    on another device (a sweep, a timing) runs on ``models.on_device``'s copy, so it never moves."""
+    return load_model(spec, arch)
 
 
 @st.cache_resource(show_spinner=False)
@@ -192,9 +189,9 @@ def check(loaded: LoadedModel, configs: list[ATSConfig]) -> bool:
     return True
 
 
-def model_or_error(settings: Settings, device: str = "cpu") -> LoadedModel | None:
+def model_or_error(settings: Settings) -> LoadedModel | None:
     try:
-        loaded = get_model(settings.model, settings.arch, source_stamp(settings.model), str(check_device(device)))
+        loaded = get_model(settings.model, settings.arch, source_stamp(settings.model))
     except InputError as err:
         st.error(str(err))
         return None

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 from ats_viz import ATSConfig, run_ats, synthetic  # noqa: E402
 from ats_viz.data import read_image  # noqa: E402
 from ats_viz.models import load_model  # noqa: E402
-from bench_memory import image, rss_mib  # noqa: E402
+from bench_memory import image, rss_mib, stop_server  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
@@ -175,14 +174,7 @@ def main() -> int:
     try:
         times, bad, failed, (start, during, rss), wall, still = asyncio.run(drive(args, url, server, folder, expected))
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log = (tmp / "streamlit.log").read_text(errors="replace")
-        if "Traceback" in log:
-            print("the server logged a traceback:\n" + log[-3000:], file=sys.stderr)
+        stop_server(server, tmp / "streamlit.log")
         shutil.rmtree(tmp, ignore_errors=True)
     total = args.sessions * args.uploads
     if times:

@@ -91,6 +91,18 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def stop_server(server: subprocess.Popen, log: Path) -> None:
+    """Stop a server started in its own process group, then say if its log holds a traceback."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+    text = log.read_text(errors="replace") if log.exists() else ""
+    if "Traceback" in text:
+        print("the server logged a traceback:\n" + text[-3000:], file=sys.stderr)
+
+
 def image(i: int, size: int) -> bytes:
     """A different picture each time: a shapes sample, resized to ``size`` if asked."""
     arr, _ = synthetic.sample((1234, i))
@@ -184,15 +196,8 @@ def run_browser(args: argparse.Namespace) -> list[float]:
                 report(args, i, rss[-1], time.perf_counter() - t0, tokens)
             browser.close()
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
         log.close()
-        text = (tmp / "streamlit.log").read_text(errors="replace")
-        if "Traceback" in text:
-            print("the server logged a traceback:\n" + text[-3000:], file=sys.stderr)
+        stop_server(server, tmp / "streamlit.log")
         shutil.rmtree(tmp, ignore_errors=True)
     return rss
 

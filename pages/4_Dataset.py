@@ -195,9 +195,6 @@ if stored is not None and stored["result"] is None:
 if stored is None or stored["key"] != key:
     if not (st.session_state.pop("ds_restart", False) or st.button("Evaluate", type="primary", key="ds_go")):
         st.stop()
-    on_device = ui.model_or_error(settings, device)  # a copy of its own: the other pages' CPU copy never moves
-    if on_device is None:
-        st.stop()
     stored = {"key": key, "result": None, "cancelled": True}
     st.session_state.ds_run = stored  # partial results survive a stop
     bar = st.progress(0.0, text="Starting...")
@@ -219,7 +216,8 @@ if stored is None or stored["key"] != key:
 
     try:
         with ui.queued():
-            stored["result"] = ev.run_sweep(on_device, dataset, runs, batch=int(batch), device=device,
+            # run_sweep works on a copy for another device: the model every page shares never moves.
+            stored["result"] = ev.run_sweep(loaded, dataset, runs, batch=int(batch), device=device,
                                             progress=on_progress)
     except InputError as err:
         st.session_state.pop("ds_run", None)

@@ -17,7 +17,7 @@ from conftest import ROOT, open_app
 from ats_viz import ATSConfig, run_ats, synthetic
 from ats_viz import evaluate as ev
 from ats_viz.data import load_dataset, read_image
-from ats_viz.models import load_model, model_hash, source_stamp
+from ats_viz.models import load_model, model_hash, on_device, source_stamp
 from ats_viz.synthetic import write_imagefolder
 
 
@@ -233,6 +233,6 @@ def test_a_sweep_on_the_shared_model_leaves_the_image_page_right(monkeypatch, ca
     assert ui.get_model("embedded", None, source_stamp("embedded")) is shared
     assert [(p, p.device) for p in shared.net.parameters()] == params and model_hash(shared.net) == digest
 
-    elsewhere = ui.get_model("embedded", None, source_stamp("embedded"), "meta")  # another device: its own copy
+    elsewhere = on_device(shared, "meta")  # another device, as a sweep there gets it: a copy of its own
     assert elsewhere.net is not shared.net and next(elsewhere.net.parameters()).device.type == "meta"
     assert all(p is q and p.device.type == "cpu" for p, (q, _) in zip(shared.net.parameters(), params))
