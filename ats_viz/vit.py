@@ -294,19 +294,34 @@ def _block(net: VisionTransformer, blk: Block, state: TokenState, step: tuple[AT
             cls_attn = _cls_attention(q, k, mask, attn.scale)[:, :, npre:]
             # Values as B x P x H x head_dim: the norm spans all heads without concatenating them.
             scores = ats.significance_scores(cls_attn.float(), v[:, :, npre:].transpose(1, 2).float(), state.valid)
-            kept = _select(config.method, scores, state, budget, config.seed, block)
+            one = b == 1 and mask is None and x.device.type == "cpu"  # one image, no padding: few, cheap ops
+            if one and config.method == "ats":
+                index = torch.from_numpy(ats.ats_pick(scores[0].numpy(), budget))
+                kept = torch.zeros_like(state.valid)
+                kept[0, index] = True
+            else:
+                kept = _select(config.method, scores, state, budget, config.seed, block)
+                index = kept[0].nonzero()[:, 0] if one else None
         state.stages.append(StageTrace(block, budget, state.valid, scores, kept, None, state.num_patches, prev))
-        # Kept tokens first (stable, so they stay in grid order), padded to the batch's largest set.
-        n_kept = kept.sum(dim=1)
-        width = int(n_kept.max())
-        order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
-        rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
-        # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
-        batch = torch.arange(b, device=x.device)[:, None]
-        q = q[batch, :, rows].transpose(1, 2)
-        x = x[batch, rows]
-        state.pos = state.pos[batch, order]
-        state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
+        if index is not None:
+            # The kept rows, in grid order, with no padding to make or mask.
+            rows = torch.cat([torch.arange(npre), index + npre])
+            q, x = q.index_select(2, rows), x.index_select(1, rows)
+            state.pos = state.pos.index_select(1, index)
+            state.valid = state.valid.new_ones(1, len(index))
+            n_kept = torch.tensor([len(index)])
+        else:
+            # Kept tokens first (stable, so they stay in grid order), padded to the batch's largest set.
+            n_kept = kept.sum(dim=1)
+            width = int(n_kept.max())
+            order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+            rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
+            # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
+            batch = torch.arange(b, device=x.device)[:, None]
+            q = q[batch, :, rows].transpose(1, 2)
+            x = x[batch, rows]
+            state.pos = state.pos[batch, order]
+            state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
 
     if state.size is not None:
         # ToMe's proportional attention: a token holding s patches counts as s keys.

@@ -19,6 +19,7 @@ from ats_viz.ats import (
     _nearest,
     _normalised_cdf,
     _sample_points,
+    ats_pick,
     ats_select,
     topk_select,
 )
@@ -60,6 +61,14 @@ def test_ats_keeps_between_one_and_k_tokens_including_the_top_one(scores, k):
     assert 1 <= n_kept <= min(k, scores.numel())
     top = scores.max()
     assert bool((kept & (scores == top)).any()), "the highest-scoring token (or one of the tied maxima) is kept"
+
+
+@settings(max_examples=400, deadline=None)
+@given(score_vectors(), budgets)
+def test_the_one_image_numpy_path_keeps_exactly_the_tokens_the_batched_rule_keeps(scores, k):
+    """An image run alone on the CPU takes ats_pick; in a batch, ats_select: the same tokens."""
+    want = torch.nonzero(_ats(scores, k)).flatten().tolist()
+    assert ats_pick(scores.numpy(), k).tolist() == want
 
 
 @PROPS
