@@ -372,13 +372,14 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ats-viz"
 
 
-def heldout_folder(per_class: int = 50) -> Path:
+def heldout_folder(per_class: int | None = None) -> Path:
     """The bundled held-out set as an ImageFolder, written into the cache on first use.
 
     It is written to a temporary folder and renamed, so a half-written set is never read.
     """
-    from .synthetic import HELDOUT_SEED, write_imagefolder
+    from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED, write_imagefolder
 
+    per_class = per_class or HELDOUT_PER_CLASS
     out = cache_root() / f"heldout-{per_class}"
     if out.is_dir():
         return out

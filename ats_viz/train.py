@@ -23,7 +23,7 @@ from torch import nn
 
 from . import synthetic
 from .arch import MEAN, STD, ModelSpec
-from .synthetic import HELDOUT_SEED
+from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED
 from .vit import ATSConfig, run_ats
 
 
@@ -114,40 +114,52 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
     return step + 1
 
 
-def heldout_batches(per_class: int, batch: int = 50) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The held-out set (the bundled dataset's images, seed HELDOUT_SEED), in batches."""
+def heldout_batches(per_class: int, seed: int = HELDOUT_SEED, batch: int = 50) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The held-out set (the bundled dataset's images; another seed: a set like it), in batches."""
     items = [(ci, i) for ci in range(len(synthetic.CLASSES)) for i in range(per_class)]
     for start in range(0, len(items), batch):
         chunk = items[start:start + batch]
-        imgs = [synthetic.sample((HELDOUT_SEED, ci, i), label=ci)[0] for ci, i in chunk]
+        imgs = [synthetic.sample((seed, ci, i), label=ci)[0] for ci, i in chunk]
         yield to_tensor(np.stack(imgs)), torch.tensor([ci for ci, _ in chunk])
 
 
 @torch.no_grad()
-def heldout_metrics(net: VisionTransformer, per_class: int = 50) -> dict[str, float]:
-    """Top-1 and mean GFLOPs of the full model and of ATS at the default setting."""
+def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
+                    seed: int = HELDOUT_SEED) -> dict[str, float | int | list[float]]:
+    """Top-1 (with its 95% Wilson interval) and mean GFLOPs of the full model and of ATS at the
+    default setting, and the patch tokens ATS keeps, on the held-out set (``per_class``: fewer
+    images; ``seed``: a fresh set like it)."""
+    from .evaluate import wilson
+
     net.eval()
     hits = {"full": 0, "ats": 0}
     flops = {"full": 0.0, "ats": 0.0}
-    n = 0
-    for x, y in heldout_batches(per_class):
+    n, first, last = 0, 0, 0
+    for x, y in heldout_batches(per_class or HELDOUT_PER_CLASS, seed):
         for key, cfg in (("full", ATSConfig(method="full")), ("ats", ATSConfig())):
             res = run_ats(net, x, cfg)
             hits[key] += int((res.logits.argmax(1) == y).sum())
             flops[key] += float(res.gflops.sum())
+        first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
+        last += int(res.patch_counts[:, -1].sum())
         n += len(y)
     return {
         "images": n,
+        "seed": seed,
         "top1_full": hits["full"] / n,
+        "top1_full_ci": list(wilson(hits["full"], n)),
         "top1_ats": hits["ats"] / n,
+        "top1_ats_ci": list(wilson(hits["ats"], n)),
         "gflops_full": flops["full"] / n,
         "gflops_ats": flops["ats"] / n,
         "gflops_saved": 1 - flops["ats"] / flops["full"],
+        "ats_tokens_first_stage": first / n,  # patch tokens leaving ATS's first stage
+        "ats_tokens_final": last / n,
     }
 
 
 def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: str, recipe: Recipe,
-                     steps_done: int, command: str, metrics: dict[str, float], note: str) -> Path:
+                     steps_done: int, minutes: float, command: str, metrics: dict[str, float], note: str) -> Path:
     """Weights as safetensors plus a model card (JSON for the code, markdown for people)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
@@ -160,7 +172,8 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         "classes": list(synthetic.CLASSES),
         "preprocessing": {"input_size": [3, spec.img_size, spec.img_size], "crop_pct": 1.0,
                           "mean": list(MEAN), "std": list(STD)},
-        "training": {**asdict(recipe), "steps_done": steps_done, "command": command},
+        "training": {**asdict(recipe), "steps_done": steps_done, "minutes": round(minutes, 1),
+                     "threads": torch.get_num_threads(), "command": command},
         "heldout": metrics,
         "note": note,
     }
@@ -172,14 +185,24 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         f"- Preprocessing: {spec.img_size} px RGB, no crop, mean {MEAN}, std {STD}.",
         f"- Training: `{command}` ({steps_done} steps of {recipe.batch} fresh synthetic images"
         + (f", stopped by the time limit before the planned {recipe.steps}" if steps_done < recipe.steps else "")
-        + f"; AdamW lr {recipe.lr}, warmup and cosine decay, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
-        f"- Held-out set ({metrics['images']} images, seed {HELDOUT_SEED}, never trained on):",
-        f"  - full model: top-1 {metrics['top1_full']:.1%}, {metrics['gflops_full']:.3f} GFLOPs",
-        f"  - ATS at blocks 3-11, K = all patches: top-1 {metrics['top1_ats']:.1%}, "
-        f"{metrics['gflops_ats']:.3f} GFLOPs on average ({metrics['gflops_saved']:.1%} saved)",
+        + f", {minutes:.1f} minutes with {torch.get_num_threads()} CPU threads, the machine to itself"
+        + f"; AdamW lr {recipe.lr:g}, warmup and cosine decay, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
+        f"- Held-out set ({metrics['images']:,} images, seed {metrics['seed']}, never trained on; "
+        "95% Wilson intervals):",
+        f"  - full model: top-1 {metrics['top1_full']:.1%} ({_interval(metrics['top1_full_ci'])}), "
+        f"{metrics['gflops_full']:.3f} GFLOPs",
+        f"  - ATS at blocks 3-11, K = all patches: top-1 {metrics['top1_ats']:.1%} "
+        f"({_interval(metrics['top1_ats_ci'])}), {metrics['gflops_ats']:.3f} GFLOPs on average "
+        f"({metrics['gflops_saved']:.1%} saved); {metrics['ats_tokens_first_stage']:.1f} of "
+        f"{(spec.img_size // 16) ** 2} patch tokens "
+        f"leave its first stage and {metrics['ats_tokens_final']:.1f} the last",
     ]
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
     return out / f"{stem}.safetensors"
+
+
+def _interval(ci: list[float]) -> str:
+    return f"{ci[0]:.1%} to {ci[1]:.1%}"
 
 
 def load_weights(net: VisionTransformer, path: Path) -> VisionTransformer:

@@ -16,6 +16,7 @@ from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldou
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
 from ats_viz.paths import OFF, confine, typed_paths_allowed
+from ats_viz.synthetic import CLASSES, HELDOUT_PER_CLASS, HELDOUT_SEED
 
 settings = ui.sidebar()
 st.title("Accuracy against GFLOPs over a dataset")
@@ -98,7 +99,8 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
     if source == "heldout":
         with st.spinner("Writing the held-out set (once)..."):
             folder = heldout_folder()
-        st.caption("500 synthetic shapes images (seed 1) that the shipped model never trained on.")
+        st.caption(f"{len(CLASSES) * HELDOUT_PER_CLASS:,} synthetic shapes images (seed {HELDOUT_SEED}) "
+                   "that the shipped model never trained on.")
         return folder, None
     if source == "folder":
         if not typed_paths_allowed():

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from ats_viz import ATSConfig, run_ats, synthetic
 from ats_viz.__main__ import main
 from ats_viz.arch import ModelSpec, build
-from ats_viz.train import Recipe, shapes_spec, train, write_checkpoint
+from ats_viz.train import Recipe, heldout_metrics, shapes_spec, train, write_checkpoint
 
 
 def digest(folder):
@@ -54,9 +54,16 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
     assert train(net, recipe, log=logs.append) == 2
     assert any("step 2/2" in line for line in logs)
     assert not torch.equal(before["head.weight"], net.state_dict()["head.weight"])
-    metrics = {"images": 1, "top1_full": 0.0, "top1_ats": 0.0, "gflops_full": 1.0, "gflops_ats": 1.0, "gflops_saved": 0.0}
-    path = write_checkpoint(net, spec, tmp_path, "tiny", recipe, 2, "test", metrics, "a test")
+    metrics = heldout_metrics(net, per_class=1, seed=5)
+    assert metrics["images"] == 10 and metrics["seed"] == 5
+    lo, hi = metrics["top1_ats_ci"]
+    assert 0 <= lo <= metrics["top1_ats"] <= hi <= 1 and hi - lo > 0.3  # ten images: a wide interval
+    path = write_checkpoint(net, spec, tmp_path, "tiny", recipe, 2, 0.25, "test", metrics, "a test")
     card = json.loads((tmp_path / "tiny.json").read_text())
+    assert card["heldout"] == metrics
+    text = (tmp_path / "tiny.md").read_text()
+    assert f"top-1 {metrics['top1_ats']:.1%} ({lo:.1%} to {hi:.1%})" in text and "10 images, seed 5" in text
+    assert "2 steps of 4 fresh synthetic images, 0.2 minutes" in text and card["training"]["minutes"] == 0.2
     again = build(ModelSpec(**card["architecture"]))
     again.load_state_dict(load_file(str(path)))
     x = torch.randn(2, 3, 224, 224)
