@@ -158,7 +158,7 @@ def fill_pattern(label: int, center: tuple[float, float], angle: float, size: in
         return (np.mod(np.floor(u / 7) + np.floor(v / 7), 2)).astype(np.float32)
     if label == 4:  # plus signs (not stripes: seen through a few patches, stripes read as a crescent's spokes)
         du, dv = np.abs(np.mod(u, 14) - 7), np.abs(np.mod(v, 14) - 7)
-        return ~(((du < 1.3) & (dv < 3.8)) | ((dv < 1.3) & (du < 3.8))) * np.float32(1)
+        return (~(((du < 1.3) & (dv < 3.8)) | ((dv < 1.3) & (du < 3.8)))).astype(np.float32)
     if label == 5:  # concentric rings
         return (np.sin(tau * np.sqrt(u * u + v * v) / 8) > 0).astype(np.float32)
     if label == 6:  # grid lines

@@ -140,8 +140,9 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
             res = run_ats(net, x, cfg)
             hits[key] += int((res.logits.argmax(1) == y).sum())
             flops[key] += float(res.gflops.sum())
-        first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
-        last += int(res.patch_counts[:, -1].sum())
+            if key == "ats":
+                first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
+                last += int(res.patch_counts[:, -1].sum())
         n += len(y)
     return {
         "images": n,
