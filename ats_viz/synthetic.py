@@ -24,7 +24,7 @@ CLASSES: tuple[str, ...] = (
 SIZE = 224
 # The bundled evaluation set: images (HELDOUT_SEED, class, i), i < HELDOUT_PER_CLASS. Training draws
 # 4-tuple seeds, a disjoint space. The seed was new when the shipped model was scored on it.
-HELDOUT_SEED = 7919
+HELDOUT_SEED = 26648
 HELDOUT_PER_CLASS = 200
 _SS = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
 
@@ -135,7 +135,8 @@ def random_spec(rng: np.random.Generator, label: int, min_radius: float = 18.0,
     return ShapeSpec(label, (cx, cy), r, float(rng.uniform(0, 2 * np.pi)), tuple(float(c) for c in colour))
 
 
-def fill_pattern(label: int, center: tuple[float, float], angle: float, size: int = SIZE) -> np.ndarray:
+def fill_pattern(label: int, center: tuple[float, float], angle: float, radius: float,
+                 size: int = SIZE) -> np.ndarray:
     """The class's fill pattern (float 0..1, size x size) in the object's own frame.
 
     Each class has its own texture as well as its own outline: the texture is visible in
@@ -163,8 +164,10 @@ def fill_pattern(label: int, center: tuple[float, float], angle: float, size: in
         return (np.sin(tau * np.sqrt(u * u + v * v) / 8) > 0).astype(np.float32)
     if label == 6:  # grid lines
         return ((np.mod(u, 9) > 2) & (np.mod(v, 9) > 2)).astype(np.float32)
-    if label == 7:  # spokes
-        return (np.sin(10 * np.arctan2(v, u)) > 0).astype(np.float32)
+    if label == 7:  # spokes, as many as keep them about 10 px apart across the crescent's body
+        # (a fixed count left a large crescent's patches one plain band each: read alone, as
+        # ATS reads them, they said circle or arrow)
+        return (np.sin(max(4, round(0.44 * radius)) * np.arctan2(v, u)) > 0).astype(np.float32)
     if label == 8:  # large dots
         return ((np.mod(u, 14) - 7) ** 2 + (np.mod(v, 14) - 7) ** 2 > 16).astype(np.float32)
     # zigzag
@@ -176,7 +179,7 @@ def compose(bg: np.ndarray, spec: ShapeSpec) -> np.ndarray:
     m = shape_mask(CLASSES[spec.label], spec.center, spec.radius, spec.angle, bg.shape[0])
     rim = np.clip(cv2.GaussianBlur(m, (0, 0), 1.5) * 1.6 - m, 0, 1)
     img = bg * (1 - rim[..., None]) + 20 * rim[..., None]
-    shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, bg.shape[0])
+    shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, spec.radius, bg.shape[0])
     fill = np.array(spec.colour, np.float32) * shade[..., None]
     img = img * (1 - m[..., None]) + fill * m[..., None]
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
