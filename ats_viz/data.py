@@ -7,6 +7,7 @@ Decoding never runs on a header we have not checked (the decompression-bomb guar
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import os
@@ -372,6 +373,28 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "ats-viz"
 
 
+@functools.cache
+def _heldout_key() -> str:
+    """What the bundled set's images depend on: its seed and how the shapes are drawn.
+
+    One image per class stands for the drawing, so a cached set from an older version of
+    ``synthetic`` (another seed, another texture) is never read for this one.
+    """
+    from .synthetic import CLASSES, HELDOUT_SEED, sample
+
+    digest = hashlib.sha1(str(HELDOUT_SEED).encode())
+    for ci in range(len(CLASSES)):
+        digest.update(sample((HELDOUT_SEED, ci, 0), label=ci)[0].tobytes())
+    return f"{HELDOUT_SEED}-{digest.hexdigest()[:10]}"
+
+
+def heldout_path(per_class: int | None = None) -> Path:
+    """Where the bundled held-out set (``per_class`` images per class) lives in the cache."""
+    from .synthetic import HELDOUT_PER_CLASS
+
+    return cache_root() / f"heldout-{_heldout_key()}-{per_class or HELDOUT_PER_CLASS}"
+
+
 def heldout_folder(per_class: int | None = None) -> Path:
     """The bundled held-out set as an ImageFolder, written into the cache on first use.
 
@@ -379,13 +402,12 @@ def heldout_folder(per_class: int | None = None) -> Path:
     """
     from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED, write_imagefolder
 
-    per_class = per_class or HELDOUT_PER_CLASS
-    out = cache_root() / f"heldout-{per_class}"
+    out = heldout_path(per_class)
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
-    write_imagefolder(tmp, per_class, HELDOUT_SEED)
+    write_imagefolder(tmp, per_class or HELDOUT_PER_CLASS, HELDOUT_SEED)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first: its folder is the same images

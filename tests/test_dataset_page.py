@@ -11,7 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import open_app
 from ats_viz.__main__ import main
-from ats_viz.synthetic import HELDOUT_PER_CLASS, write_imagefolder
+from ats_viz.data import heldout_path
+from ats_viz.synthetic import write_imagefolder
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_a_folder_is_swept_then_read_from_the_cache(monkeypatch, cache, shapes):
 
 
 def test_the_bundled_heldout_set_is_the_default(monkeypatch, cache):
-    write_imagefolder(cache / f"heldout-{HELDOUT_PER_CLASS}", per_class=1, seed=1)  # a small stand-in, written once
+    write_imagefolder(heldout_path(), per_class=1, seed=1)  # a small stand-in, written once
     at = page(monkeypatch, "heldout")
     at = evaluate(at, "49")
     assert any("**10 images** x **2 settings**" in m.value for m in at.markdown)

@@ -16,9 +16,9 @@ from streamlit.testing.v1 import AppTest
 from conftest import ROOT, open_app
 from ats_viz import ATSConfig, run_ats, synthetic
 from ats_viz import evaluate as ev
-from ats_viz.data import load_dataset, read_image
+from ats_viz.data import heldout_path, load_dataset, read_image
 from ats_viz.models import load_model, model_hash, on_device, source_stamp
-from ats_viz.synthetic import HELDOUT_PER_CLASS, write_imagefolder
+from ats_viz.synthetic import write_imagefolder
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("ATS_VIZ_MAX_JOBS", raising=False)
     # A small stand-in for the bundled held-out set, which the Dataset page opens on by default.
-    write_imagefolder(tmp_path / "cache" / f"heldout-{HELDOUT_PER_CLASS}", per_class=1, seed=1)
+    write_imagefolder(heldout_path(), per_class=1, seed=1)
     return tmp_path / "cache"
 
 

@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz import data
 from ats_viz.__main__ import main
+from ats_viz.data import heldout_folder, read_image
 from ats_viz.arch import ModelSpec, build
 from ats_viz.train import Recipe, heldout_metrics, shapes_spec, train, write_checkpoint
 
@@ -26,6 +28,30 @@ def test_synth_cli_same_seed_same_bytes(tmp_path):
     assert main(["synth", "--out", str(tmp_path / "c"), "--per-class", "2", "--seed", "6"]) == 0
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(synthetic.CLASSES)
     assert digest(tmp_path / "a") == digest(tmp_path / "b") != digest(tmp_path / "c")
+
+
+def test_a_cached_heldout_set_drawn_another_way_is_never_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path))
+    crescent = synthetic.CLASSES.index("crescent")
+
+    def first_crescent(folder):
+        return np.asarray(read_image((folder / "crescent" / "crescent_00000.png").read_bytes()))
+
+    def drawn_now():
+        return synthetic.sample((synthetic.HELDOUT_SEED, crescent, 0), label=crescent)[0]
+
+    data._heldout_key.cache_clear()
+    try:
+        before = heldout_folder(per_class=1)
+        assert np.array_equal(first_crescent(before), drawn_now())
+        # A texture is redesigned (as the crescent's was): the set on disk no longer matches the code.
+        monkeypatch.setattr(synthetic, "fill_pattern", lambda *a, **k: np.ones((synthetic.SIZE,) * 2, np.float32))
+        data._heldout_key.cache_clear()
+        after = heldout_folder(per_class=1)
+        assert after != before and np.array_equal(first_crescent(after), drawn_now())
+        assert not np.array_equal(first_crescent(after), first_crescent(before))
+    finally:
+        data._heldout_key.cache_clear()
 
 
 def test_objects_vary_in_size_and_stay_in_frame():
