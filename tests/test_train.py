@@ -83,7 +83,7 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
     metrics = heldout_metrics(net, per_class=1, seed=5)
     assert metrics["images"] == 10 and metrics["seed"] == 5
     lo, hi = metrics["top1_ats_ci"]
-    assert 0 <= lo <= metrics["top1_ats"] <= hi <= 1 and hi - lo > 0.3  # ten images: a wide interval
+    assert 0 <= lo <= metrics["top1_ats"] <= hi <= 1 and hi - lo > 0.25  # ten images: wide (0.28 even at 0 or 10 of 10)
     path = write_checkpoint(net, spec, tmp_path, "tiny", recipe, 2, 0.25, "test", metrics, "a test")
     card = json.loads((tmp_path / "tiny.json").read_text())
     assert card["heldout"] == metrics
