@@ -402,12 +402,13 @@ def heldout_folder(per_class: int | None = None) -> Path:
     """
     from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED, write_imagefolder
 
+    per_class = per_class or HELDOUT_PER_CLASS
     out = heldout_path(per_class)
     if out.is_dir():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
-    write_imagefolder(tmp, per_class or HELDOUT_PER_CLASS, HELDOUT_SEED)
+    write_imagefolder(tmp, per_class, HELDOUT_SEED)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first: its folder is the same images

@@ -186,7 +186,7 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         f"- Preprocessing: {spec.img_size} px RGB, no crop, mean {MEAN}, std {STD}.",
         f"- Training: `{command}` ({steps_done} steps of {recipe.batch} fresh synthetic images"
         + (f", stopped by the time limit before the planned {recipe.steps}" if steps_done < recipe.steps else "")
-        + f", {minutes:.1f} minutes with {torch.get_num_threads()} CPU threads, the machine to itself"
+        + f", {minutes:.1f} minutes with {torch.get_num_threads()} CPU threads"
         + f"; AdamW lr {recipe.lr:g}, warmup and cosine decay, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
         f"- Held-out set ({metrics['images']:,} images, seed {metrics['seed']}, never trained on; "
         "95% Wilson intervals):",
