@@ -97,8 +97,9 @@ def _interleave(even: Tensor, odd: Tensor) -> Tensor:
     return torch.cat([out, even[:, odd.shape[1]:]], dim=1)
 
 
-def evit_keep(x: Tensor, cls_attn: Tensor, keep_rate: float, num_prefix: int, fuse: bool) -> Reduced:
-    """EViT: keep the ceil(keep_rate x P) patch tokens of highest class attention.
+def evit_keep(x: Tensor, cls_attn: Tensor, left: int, num_prefix: int, fuse: bool) -> Reduced:
+    """EViT: keep the ``left`` patch tokens of highest class attention (EViT's
+    ceil(keep_rate x P), which the method's reducer computes).
 
     x: B x N x D tokens (prefix first); cls_attn: B x P, the class token's attention to the
     patch tokens averaged over heads. Kept tokens leave in descending attention (EViT's
@@ -107,7 +108,6 @@ def evit_keep(x: Tensor, cls_attn: Tensor, keep_rate: float, num_prefix: int, fu
     """
     b, n, d = x.shape
     p = n - num_prefix
-    left = math.ceil(keep_rate * p)
     if left >= p:
         ident = torch.arange(p, device=x.device).expand(b, p)
         return Reduced(x, None, ident, cls_attn, torch.ones(b, p, dtype=torch.bool, device=x.device))

@@ -19,43 +19,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
-from . import ats, merge
 from .errors import InputError
 from .flops import full_gflops, gflops
-from .methods import METHODS, Value, format_value, get
-
-
-@dataclass(frozen=True)
-class ATSConfig:
-    """Where and how to reduce tokens: one setting of one method (see ``methods.METHODS``).
-
-    method: "ats", "topk", "random", "tome", "evit" or "full" (no reduction).
-    stages: the blocks (0-based) that reduce; None means the method's own default (ATS and its
-       baselines: depth // 4 to the end; ToMe: every block; EViT: blocks 3, 6, 9 of 12).
-    k: ATS, top-K and random's budget per stage: None (all patch tokens of the input), an int,
-       a float fraction of the input's patch tokens, or one such value per stage.
-    r: ToMe's tokens merged per block: an int, one per stage, a per-block list, or ToMe's
-       (r, inflection) schedule with a float inflection.
-    keep_rate: EViT's fraction of the patch tokens kept at each stage (or one per stage).
-    fuse_token: EViT fuses the tokens it drops into one (EViT's default) or drops them.
-    seed: the seed of the "random" baseline.
-    """
-
-    stages: tuple[int, ...] | None = None
-    k: Value = None
-    method: str = "ats"
-    seed: int = 0
-    r: Value = 13
-    keep_rate: Value = 0.7
-    fuse_token: bool = True
-
-    def label(self) -> str:
-        """A short human name, for legends and tables."""
-        m = get(self.method)
-        if m.param is None:
-            return self.method
-        label = f"{self.method} {m.param.symbol}={format_value(m.value(self))}"
-        return label + (" unfused" if self.method == "evit" and not self.fuse_token else "")
+from .methods import Reducer, StageInput, Where, get
+from .setting import FULL, ATSConfig, resolve
 
 
 @dataclass
@@ -68,7 +35,7 @@ class StageTrace:
     """
 
     block: int
-    k: int | float  # the stage's number: K for ATS, top-K and random, r for ToMe, keep rate for EViT
+    value: int | float  # the stage's number: K for ATS, top-K and random, r for ToMe, keep rate for EViT
     present: Tensor  # B x n bool: False for padding
     token_scores: Tensor  # B x n: the method's evidence (ATS: significance summing to 1 per image)
     kept: Tensor  # B x n bool: entering tokens that leave as themselves
@@ -140,7 +107,7 @@ class StageTrace:
         def one(t: Tensor | None) -> Tensor | None:
             return None if t is None else t[index:index + 1].clone()
 
-        return StageTrace(self.block, self.k, one(self.present), one(self.token_scores), one(self.kept),
+        return StageTrace(self.block, self.value, one(self.present), one(self.token_scores), one(self.kept),
                           one(self.dest), self.num_patches, None, one(self.owner_in))
 
 
@@ -172,7 +139,7 @@ class ATSResult:
             "stages": [
                 {
                     "block": s.block,
-                    METHODS[self.config.method].param.field: s.k,
+                    get(self.config.method).param.field: s.value,
                     "tokens_in": int(self.patch_counts[index, s.block]),
                     "tokens_out": int(s.tokens_out[index]),
                     "kept": torch.nonzero(s.kept_mask[index]).flatten().tolist(),
@@ -204,12 +171,6 @@ def check_vit(net: nn.Module) -> None:
     for i, blk in enumerate(net.blocks):
         if type(blk) is not Block or getattr(blk.attn, "gate", None) is not None:
             raise InputError(f"Block {i} is a {type(blk).__name__}; ATS supports timm's standard Block.")
-
-
-def resolve(config: ATSConfig, depth: int, num_patches: int) -> dict[int, int | float]:
-    """The plan {block: the stage's number} for a model of this depth and an input of
-    num_patches; the one place a setting is checked (it raises InputError with a sentence)."""
-    return get(config.method).plan(config, depth, num_patches)
 
 
 # ---------------------------------------------------------------------------- forward
@@ -245,109 +206,96 @@ def embed(net: VisionTransformer, images: Tensor) -> TokenState:
     return TokenState(x, pos, valid, None, counts, [], 0, p, grid, tuple(images.shape[-2:]))
 
 
-def _select(method: str, scores: Tensor, state: TokenState, k: int, seed: int, block: int) -> Tensor:
-    if method == "ats":
-        return ats.ats_select(scores, state.valid, k)
-    if method == "topk":
-        return ats.topk_select(scores, state.valid, k)
-    return ats.random_select(state.pos, state.valid, k, ats.random_keys(state.num_patches, seed, block))
-
-
-def _cls_attention(q: Tensor, k: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """The class token's row of the softmax attention, B x H x N (the SDPA kernel does not return it)."""
-    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)
-    if mask is not None:
-        logits = logits.masked_fill(~mask, float("-inf"))
-    return logits.softmax(dim=-1)[:, :, 0]
-
-
-def _reduce_tokens(config: ATSConfig, value: int | float, x: Tensor, q: Tensor, k: Tensor,
-                   state: TokenState, scale: float, npre: int) -> merge.Reduced:
-    """ToMe or EViT on the tokens after the attention residual."""
-    if config.method == "tome":
-        return merge.tome_merge(x, k.mean(dim=1), state.size, int(value), npre)
-    with torch.no_grad():
-        cls_attn = _cls_attention(q, k, None, scale)[:, :, npre:].mean(dim=1)
-    return merge.evit_keep(x, cls_attn, float(value), npre, config.fuse_token)
-
-
-def _block(net: VisionTransformer, blk: Block, state: TokenState, step: tuple[ATSConfig, int | float] | None) -> None:
-    """One block, timm's operations in timm's order; with ``step``, a reducing stage."""
+def _attention_inputs(blk: Block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v (B x H x N x head_dim) of the block's normalised input, as timm computes them."""
     attn = blk.attn
-    x, npre = state.x, net.num_prefix_tokens
     b, n, _ = x.shape
     qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    # Padding is masked as keys; with no padding the mask is None and this is timm exactly.
-    mask = None
-    if not bool(state.valid.all()):
-        keys = torch.cat([state.valid.new_ones(b, npre), state.valid], dim=1)
-        mask = keys[:, None, None, :]
-    block = len(state.counts) - 1
-    where = METHODS[step[0].method].where if step is not None else ""
+    return attn.q_norm(q), attn.k_norm(k), v
+
+
+def _key_mask(state: TokenState, npre: int) -> Tensor | None:
+    """Padded keys masked out (B x 1 x 1 x N); None with no padding, where this is timm exactly."""
+    if bool(state.valid.all()):
+        return None
+    keys = torch.cat([state.valid.new_ones(state.valid.shape[0], npre), state.valid], dim=1)
+    return keys[:, None, None, :]
+
+
+def _attention_bias(mask: Tensor | None, size: Tensor | None) -> Tensor | None:
+    """The additive or boolean mask the fused attention takes: padding, and merging's
+    proportional attention (a token holding s patches counts as s keys)."""
+    if size is None:
+        return mask
+    bias = size.log()[:, None, None, :, 0]
+    return bias if mask is None else bias.masked_fill(~mask, float("-inf"))
+
+
+def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Tensor | None,
+               npre: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The kept query rows and tokens; the state's positions, padding and count follow.
+
+    ``index`` (one unpadded image): the kept rows in grid order, with no padding to make or
+    mask. Otherwise kept tokens first (stable, so they stay in grid order), padded to the
+    batch's largest set."""
+    if index is not None:
+        rows = torch.cat([torch.arange(npre), index + npre])
+        state.pos = state.pos.index_select(1, index)
+        state.valid = state.valid.new_ones(1, len(index))
+        return q.index_select(2, rows), x.index_select(1, rows), torch.tensor([len(index)])
+    b = x.shape[0]
+    n_kept = kept.sum(dim=1)
+    width = int(n_kept.max())
+    order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
+    # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
+    batch = torch.arange(b, device=x.device)[:, None]
+    state.pos = state.pos[batch, order]
+    state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
+    return q[batch, :, rows].transpose(1, 2), x[batch, rows], n_kept
+
+
+def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSConfig, value=None) -> None:
+    """Block ``index``, timm's operations in timm's order; with a stage ``value``, the
+    method's reducer acts at its place: on the query rows (``Where.QUERIES``) or on the
+    tokens after the attention residual (``Where.TOKENS``)."""
+    blk, npre = net.blocks[index], net.num_prefix_tokens
+    attn, x = blk.attn, state.x
+    q, k, v = _attention_inputs(blk, x)
+    mask = _key_mask(state, npre)
+    reducer: Reducer = get(config.method)
+    where = reducer.where if value is not None else Where.NOWHERE
     prev = state.stages[-1] if state.stages else None
+    inp = StageInput(index, q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
+                     state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu")
+    n_kept = None
 
-    if where == "queries":
-        config, budget = step
+    if where is Where.QUERIES:
         with torch.no_grad():
-            cls_attn = _cls_attention(q, k, mask, attn.scale)[:, :, npre:]
-            # Values as B x P x H x head_dim: the norm spans all heads without concatenating them.
-            scores = ats.significance_scores(cls_attn.float(), v[:, :, npre:].transpose(1, 2).float(), state.valid)
-            one = b == 1 and mask is None and x.device.type == "cpu"  # one image, no padding: few, cheap ops
-            if one and config.method == "ats":
-                index = torch.from_numpy(ats.ats_pick(scores[0].numpy(), budget))
-                kept = torch.zeros_like(state.valid)
-                kept[0, index] = True
-            else:
-                kept = _select(config.method, scores, state, budget, config.seed, block)
-                index = kept[0].nonzero()[:, 0] if one else None
-        state.stages.append(StageTrace(block, budget, state.valid, scores, kept, None, state.num_patches, prev))
-        if index is not None:
-            # The kept rows, in grid order, with no padding to make or mask.
-            rows = torch.cat([torch.arange(npre), index + npre])
-            q, x = q.index_select(2, rows), x.index_select(1, rows)
-            state.pos = state.pos.index_select(1, index)
-            state.valid = state.valid.new_ones(1, len(index))
-            n_kept = torch.tensor([len(index)])
-        else:
-            # Kept tokens first (stable, so they stay in grid order), padded to the batch's largest set.
-            n_kept = kept.sum(dim=1)
-            width = int(n_kept.max())
-            order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
-            rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
-            # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
-            batch = torch.arange(b, device=x.device)[:, None]
-            q = q[batch, :, rows].transpose(1, 2)
-            x = x[batch, rows]
-            state.pos = state.pos[batch, order]
-            state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
+            sel = reducer.select(inp, value, config)
+        rows = sel.index if sel.index is not None or not inp.single else sel.kept[0].nonzero()[:, 0]
+        state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
+        q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, npre)
 
-    if state.size is not None:
-        # ToMe's proportional attention: a token holding s patches counts as s keys.
-        bias = state.size.log()[:, None, None, :, 0]
-        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
-    out = F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=attn.attn_drop.p if attn.training else 0.0
-    )
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, q.shape[2], -1))))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, state.size),
+                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))))
     x = x + blk.drop_path1(blk.ls1(out))
 
-    if where == "tokens":
-        config, value = step
-        red = _reduce_tokens(config, value, x, q, k, state, attn.scale, npre)
-        state.stages.append(StageTrace(block, value, state.valid, red.scores, red.kept, red.dest,
+    if where is Where.TOKENS:
+        red = reducer.reduce(inp, x, value, config)
+        state.stages.append(StageTrace(index, value, state.valid, red.scores, red.kept, red.dest,
                                        state.num_patches, prev))
         x, state.size = red.x, red.size
-        p = x.shape[1] - npre
+        b, p = x.shape[0], x.shape[1] - npre
         state.valid = state.valid.new_ones(b, p)
         state.pos = torch.arange(p, device=x.device).expand(b, p)  # not grid positions: merged tokens hold several
-        n_kept = state.valid.sum(dim=1)
+        n_kept = torch.full((b,), p, dtype=torch.long)
 
-    x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-    state.x = x
+    state.x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     # Counts change only where a stage reduces; elsewhere the previous tensor is reused.
-    state.counts.append(n_kept.cpu() + npre if where else state.counts[-1])
+    state.counts.append(state.counts[-1] if n_kept is None else n_kept.cpu() + npre)
 
 
 def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, stop: int | None = None) -> TokenState:
@@ -355,7 +303,7 @@ def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, sto
     plan = resolve(config, len(net.blocks), state.num_patches)
     stop = len(net.blocks) if stop is None else stop
     for i in range(state.next_block, stop):
-        _block(net, net.blocks[i], state, (config, plan[i]) if i in plan else None)
+        _block(net, i, state, config, plan.get(i))
     state.next_block = stop
     return state
 
@@ -379,7 +327,7 @@ def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSR
     h, w_ = state.image_hw
     return ATSResult(
         logits=logits,
-        gflops=gflops(net, counts, h, w_, after_attention=METHODS[config.method].where == "tokens"),
+        gflops=gflops(net, counts, h, w_, after_attention=get(config.method).where is Where.TOKENS),
         full_gflops=full_gflops(net, int(counts[0, 0]), h, w_),
         token_counts=counts,
         num_prefix=net.num_prefix_tokens,
@@ -391,7 +339,7 @@ def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSR
 
 def run_ats(net: VisionTransformer, images: Tensor, config: ATSConfig | None = None) -> ATSResult:
     """Run a batch (B x 3 x H x W, normalised) under ``config`` (default: the patched one)."""
-    config = config or getattr(net, "ats_config", None) or ATSConfig(method="full")
+    config = config or getattr(net, "ats_config", None) or FULL
     state = embed(net, images)
     return finish(net, run_blocks(net, state, config), config)
 

@@ -10,7 +10,7 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz.cost import equal_cost, fixed_counts
 from ats_viz.merge import evit_keep, tome_merge
-from ats_viz.methods import tome_schedule
+from ats_viz.methods import Inflected, tome_schedule
 
 from conftest import sharpen
 
@@ -48,18 +48,18 @@ def test_tome_caps_r_at_half_the_tokens_and_protects_every_prefix_token():
     out = tome_merge(x, torch.randn(2, 9, 4), None, r=100, num_prefix=3)  # class + 2 registers
     assert out.x.shape[1] == 9 - (9 - 3) // 2
     assert torch.equal(out.x[:, :3], x[:, :3])  # prefix unchanged and first
-    assert tome_schedule((13, -0.5), 12) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]  # ToMe's parse_r
+    assert tome_schedule(Inflected(13, -0.5), 12) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]  # ToMe's parse_r
     assert tome_schedule([4, 4], 4) == [4, 4, 0, 0]
 
 
 def test_evit_keeps_the_most_attended_tokens_and_fuses_the_rest():
     cls_attn = torch.tensor([[0.1, 0.4, 0.05, 0.3, 0.15]])
     x = torch.tensor([[[9.0], [1.0], [2.0], [3.0], [4.0], [5.0]]])  # class, then patches 0..4
-    out = evit_keep(x, cls_attn, 0.5, num_prefix=1, fuse=True)  # ceil(0.5 x 5) = 3 kept
+    out = evit_keep(x, cls_attn, 3, num_prefix=1, fuse=True)  # ceil(0.5 x 5) = 3 kept
     fused = 0.1 * 1.0 + 0.05 * 3.0  # weighted by class attention, not normalised
     assert out.x.flatten().tolist() == pytest.approx([9.0, 2.0, 4.0, 5.0, fused])  # descending attention
     assert out.dest.tolist() == [[3, 0, 3, 1, 2]]
-    unfused = evit_keep(x, cls_attn, 0.5, num_prefix=1, fuse=False)
+    unfused = evit_keep(x, cls_attn, 3, num_prefix=1, fuse=False)
     assert unfused.x.flatten().tolist() == [9.0, 2.0, 4.0, 5.0] and unfused.dest.tolist() == [[-1, 0, -1, 1, 2]]
 
 
@@ -120,7 +120,6 @@ def test_fixed_rate_methods_are_matched_to_a_cost(deit_small, images):
 def test_impossible_settings_of_the_new_methods_are_refused(deit_small, images):
     for cfg, sentence in ((ATSConfig(method="tome", r=-1), "r = -1 is impossible"),
                           (ATSConfig(method="evit", keep_rate=1.5), "keep rate 1.5 is impossible"),
-                          (ATSConfig(method="evit", keep_rate=(0.7, 0.5)), "gives 2 values but there are 3 stages"),
-                          (ATSConfig(method="tomato"), "Unknown method 'tomato'")):
+                          (ATSConfig(method="evit", keep_rate=(0.7, 0.5)), "gives 2 values but there are 3 stages")):
         with pytest.raises(InputError, match=sentence):
             run_ats(deit_small, images[:1], cfg)

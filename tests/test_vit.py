@@ -69,11 +69,11 @@ def test_traces_describe_the_pruning(deit_tiny, images):
 
 
 def test_budget_forms(deit_tiny, images):
-    assert [s.k for s in run_ats(deit_tiny, images[:1], ATSConfig(k=0.25)).stages] == [49] * 9
-    assert [s.k for s in run_ats(deit_tiny, images[:1], ATSConfig()).stages] == [196] * 9
+    assert [s.value for s in run_ats(deit_tiny, images[:1], ATSConfig(k=0.25)).stages] == [49] * 9
+    assert [s.value for s in run_ats(deit_tiny, images[:1], ATSConfig()).stages] == [196] * 9
     per = (100, 90, 80, 70, 60, 50, 40, 30, 20)
     res = run_ats(deit_tiny, images, ATSConfig(k=per))
-    assert [s.k for s in res.stages] == list(per)
+    assert [s.value for s in res.stages] == list(per)
     assert all((s.tokens_out <= k).all() for s, k in zip(res.stages, per))
     big = run_ats(deit_tiny, images[:1], ATSConfig(k=3000))  # more points than tokens: allowed
     assert int(big.patch_counts[0, -1]) <= 196
@@ -101,7 +101,6 @@ def test_smaller_k_fewer_tokens_and_gflops(deit_tiny, images):
         (ATSConfig(k=1.5), "1.5"),
         (ATSConfig(stages=(3, 12)), "Stage 12"),
         (ATSConfig(stages=(-1,)), "Stage -1"),
-        (ATSConfig(method="magic"), "'magic'"),
         (ATSConfig(k=(10, 20)), "2 values"),
     ],
 )
@@ -110,6 +109,12 @@ def test_impossible_settings_name_the_bad_value(deit_tiny, images, cfg, text):
         run_ats(deit_tiny, images[:1], cfg)
     with pytest.raises(InputError):
         patch_vit(deit_tiny, cfg)
+
+
+def test_an_unknown_method_is_refused_when_the_setting_is_made():
+    # Not later, at a run or a lookup that falls through to another method.
+    with pytest.raises(InputError, match="Unknown method 'magic': choose one of full, ats"):
+        ATSConfig(method="magic")
 
 
 def test_patch_vit_makes_the_model_call_ats(images):
