@@ -129,6 +129,14 @@ class ATSResult:
         """B x (depth + 1): patch tokens entering each block, then leaving the last."""
         return self.token_counts - self.num_prefix
 
+    def take(self, index: int) -> ATSResult:
+        """Image ``index`` as its own batch of one (copied, so the batch can be freed)."""
+        def one(t: Tensor) -> Tensor:
+            return t[index:index + 1].clone()
+
+        return ATSResult(one(self.logits), one(self.gflops), self.full_gflops, one(self.token_counts),
+                         self.num_prefix, self.grid, self.config, [s.take(index) for s in self.stages])
+
     def summary(self, index: int = 0) -> dict:
         """Image ``index`` as plain data (JSON-ready): costs, counts and every stage's choice."""
         return {
