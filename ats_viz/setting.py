@@ -21,7 +21,7 @@ from .methods import Value, format_stages, format_value, get, parse_stages
 class ATSConfig:
     """Where and how to reduce tokens: one setting of one method (see ``methods.METHODS``).
 
-    method: "ats", "topk", "random", "tome", "evit" or "full" (no reduction); an unknown name
+    method: "ats", "topk", "random", "tome", "evit", "pitome" or "full" (no reduction); an unknown name
        is refused with a sentence.
     stages: the blocks (0-based) that reduce; None means the method's own default (ATS and its
        baselines: depth // 4 to the end; ToMe: every block; EViT: blocks 3, 6, 9 of 12).
@@ -29,7 +29,8 @@ class ATSConfig:
        a float fraction of the input's patch tokens, or one such value per stage.
     r: ToMe's tokens merged per block: an int, one per stage, a per-block list, or ToMe's
        (r, inflection) schedule (``methods.Inflected``, or the pair with a float inflection).
-    keep_rate: EViT's fraction of the patch tokens kept at each stage (or one per stage).
+    keep_rate: EViT's fraction of the patch tokens kept at each stage, or PiToMe's in each
+       block (or one per stage); None is the method's own default (EViT 0.7, PiToMe 0.9125).
     fuse_token: EViT fuses the tokens it drops into one (EViT's default) or drops them.
     seed: the seed of the "random" baseline.
     """
@@ -39,7 +40,7 @@ class ATSConfig:
     method: str = "ats"
     seed: int = 0
     r: Value = 13
-    keep_rate: Value = 0.7
+    keep_rate: Value = None
     fuse_token: bool = True
 
     def __post_init__(self) -> None:
@@ -52,7 +53,7 @@ class ATSConfig:
             if f.name not in own:
                 value = f.default
             elif m.param is not None and f.name == m.param.field:
-                value = m.canonical(value)
+                value = m.canonical(m.param.default if value is None else value)
             object.__setattr__(self, f.name, value)
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(self.stages))

@@ -275,7 +275,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     reducer: Reducer = get(config.method)
     where = reducer.where if value is not None else Where.NOWHERE
     prev = state.stages[-1] if state.stages else None
-    inp = StageInput(index, q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
+    inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
                      state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu")
     n_kept = None
 
@@ -286,7 +286,8 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
         q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, npre)
 
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, state.size),
+    size = state.size if reducer.proportional else None
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),
                                          dropout_p=attn.attn_drop.p if attn.training else 0.0)
     out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))))
     x = x + blk.drop_path1(blk.ls1(out))

@@ -1,4 +1,4 @@
-"""ToMe and EViT: hand-checked small cases, the token counts and GFLOPs their authors' code
+"""ToMe, EViT and PiToMe: hand-checked small cases, the token counts and GFLOPs their authors' code
 gives on DeiT-S, and the same engine guarantees as ATS (batches, prefix tokens, LayerScale)."""
 
 import math
@@ -73,6 +73,8 @@ def deit_small():
     (ATSConfig(method="tome", r=13), list(range(197, 40, -13)), 2.70),
     (ATSConfig(method="evit", keep_rate=0.7, stages=(3, 6, 9)), [197] * 4 + [140] * 3 + [100] * 3 + [72] * 3, 3.03),
     (ATSConfig(method="evit", keep_rate=0.7, fuse_token=False), [197] * 4 + [139] * 3 + [98] * 3 + [69] * 3, 3.00),
+    # PiToMe at its authors' ratio: the counts their DeiT patch gives (hchautran/PiToMe at 550b5de).
+    (ATSConfig(method="pitome"), [197, 180, 165, 151, 138, 127, 116, 106, 97, 89, 82, 75, 69], 2.76),
 ])
 def test_deit_small_counts_and_gflops_are_the_authors(deit_small, images, config, counts, gflops):
     with torch.no_grad():

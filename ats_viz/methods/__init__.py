@@ -15,6 +15,7 @@ from typing import Sequence
 from ..errors import InputError
 from .base import Option, Param, Reducer, Selection, StageInput, Value, Where, format_value
 from .merging import EViT, Inflected, ToMe, tome_schedule
+from .pitome import PiToMe
 from .pruning import ATS, MAX_K_FACTOR, Random, TopK, budget
 
 
@@ -26,7 +27,7 @@ class Full(Reducer):
         return tuple(range(depth))
 
 
-_ALL: tuple[Reducer, ...] = (Full(), ATS(), TopK(), Random(), ToMe(), EViT())
+_ALL: tuple[Reducer, ...] = (Full(), ATS(), TopK(), Random(), ToMe(), EViT(), PiToMe())
 METHODS: dict[str, Reducer] = {m.name: m for m in _ALL}
 REDUCERS = tuple(name for name, m in METHODS.items() if m.reduces)  # every method but the full model
 SWEEP_DEFAULT = ("ats", "tome", "evit", "topk")  # what a sweep compares unless told: ATS and the strongest rivals
@@ -106,6 +107,6 @@ def parse_ladder(method: str, text: str | Sequence) -> list[Value]:
     return out
 
 
-__all__ = ["ATS", "EViT", "Full", "Inflected", "MAX_K_FACTOR", "METHODS", "Option", "Param", "REDUCERS", "Random",
+__all__ = ["ATS", "EViT", "Full", "Inflected", "MAX_K_FACTOR", "METHODS", "Option", "Param", "PiToMe", "REDUCERS", "Random",
            "Reducer", "SWEEP_DEFAULT", "Selection", "StageInput", "ToMe", "TopK", "Value", "Where", "budget",
            "format_stages", "format_value", "get", "parse_ladder", "parse_methods", "parse_stages", "tome_schedule"]

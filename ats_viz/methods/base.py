@@ -44,6 +44,7 @@ class Param:
     parse: Callable[[str], Value]  # one value (or one per stage) from text
     ladder: str  # the default ladder, spanning about the same GFLOPs for every method
     help: str
+    default: Any = None  # what the field means when left at None (methods sharing a field differ)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class StageInput:
     """What a reducing block hands its reducer: the attention's tensors and the tokens' state."""
 
     block: int
+    depth: int  # blocks in the model
     q: Tensor  # B x H x N x head_dim, after the q norm
     k: Tensor  # B x H x N x head_dim, after the k norm
     v: Tensor  # B x H x N x head_dim
@@ -99,6 +101,8 @@ class Reducer:
     evidence: str = ""  # what its score view shows per token
     about: str = ""
     groups: bool = False  # its stages merge tokens, so its view tints each merged group
+    # Merged tokens weigh as many keys as the patches they hold (ToMe's proportional attention).
+    proportional: bool = False
     samples: bool = False  # it samples from a CDF, so its stage has a sampling picture
 
     @property

@@ -65,6 +65,7 @@ class ToMe(Reducer):
     where = Where.TOKENS
     evidence = "similarity"
     groups = True
+    proportional = True
     about = ("Token Merging: in every block the r most similar pairs (keys, bipartite matching) merge "
              "into their size-weighted mean; attention weighs merged tokens by their size.")
 
@@ -105,15 +106,18 @@ class ToMe(Reducer):
 
 
 def _keep(text: str) -> Value:
-    """'0.7' -> keep 70% of the patch tokens at each stage; '0.9, 0.7, 0.5' -> one per stage."""
-    return per_stage_text(text, lambda s: number(s.strip(), "The keep rate", "write a fraction such as 0.7"))
+    """'' -> EViT's 0.7; '0.7' -> keep 70% of the patch tokens at each stage; '0.9, 0.7, 0.5' -> one per stage."""
+    def one(s: str) -> Value:
+        s = s.strip()
+        return None if s in ("", "default") else number(s, "The keep rate", "write a fraction such as 0.7")
+    return per_stage_text(text, one)
 
 
 class EViT(Reducer):
     name, label, colour = "evit", "EViT", (255, 127, 14)
     param = Param("keep_rate", "keep", _keep, "0.8,0.6,0.45,0.3",
                   "The fraction of patch tokens kept at each stage (EViT: 0.7 at blocks 3, 6, 9), or one value "
-                  "per stage.")
+                  "per stage.", default=0.7)
     options = (Option("fuse_token", "Dropped tokens", True, lambda fuse: "" if fuse else "unfused",
                       {True: "fused into one", False: "dropped"}),)
     where = Where.TOKENS
