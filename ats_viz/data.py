@@ -14,7 +14,6 @@ import os
 import random
 import re
 import shutil
-import threading
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+from .atomic import atomic_folder
 from .errors import InputError
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a 20000 x 20000 image (400 MP) is refused unread
@@ -406,13 +406,8 @@ def heldout_folder(per_class: int | None = None) -> Path:
     out = heldout_path(per_class)
     if out.is_dir():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
-    write_imagefolder(tmp, per_class, HELDOUT_SEED)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first: its folder is the same images
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(out) as tmp:  # another process finishing first wrote the same images
+        write_imagefolder(tmp, per_class, HELDOUT_SEED)
     return out
 
 
@@ -452,19 +447,13 @@ def extract_zip(data: bytes, name: str = "the archive",
                          f"{MAX_ZIP_BYTES // 1_000_000_000} GB. Evaluate a smaller part of it.")
     out = cache_root() / "uploads" / hashlib.sha256(data).hexdigest()[:24]
     if not out.is_dir():
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # sessions are threads
-        shutil.rmtree(tmp, ignore_errors=True)
         try:
-            for m in wanted:
-                target = tmp / m.filename.replace("\\", "/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(m) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+            with atomic_folder(out) as tmp:  # another session unpacking the same archive first: the same files
+                for m in wanted:
+                    target = tmp / m.filename.replace("\\", "/")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(m) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
         except (zipfile.BadZipFile, OSError, EOFError) as err:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise InputError(f"'{name}' is damaged ({str(err)[:120]}). Zip the folder again.") from None
-        try:
-            tmp.rename(out)
-        except OSError:  # another session unpacked the same archive first
-            shutil.rmtree(tmp, ignore_errors=True)
     return _archive_root(out)
