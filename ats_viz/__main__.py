@@ -63,8 +63,10 @@ def _evaluate(args: argparse.Namespace) -> None:
 
     from . import distributed
     from .data import heldout_folder, load_dataset
-    from .evaluate import CHUNK, Progress, autocast, check_device, make_settings, run_sweep, write_results
+    from .devices import autocast, check_device
+    from .evaluate import CHUNK, Progress, make_settings, run_sweep
     from .models import load_model
+    from .results import write_results
     from .vit import resolve
 
     world = distributed.from_env()
@@ -133,7 +135,8 @@ def _benchmark(args: argparse.Namespace) -> None:
 
     from . import timing
     from .data import heldout_folder
-    from .evaluate import check_device, make_settings
+    from .devices import check_device
+    from .evaluate import make_settings
     from .models import EMBEDDED, load_model
     from .viz import speed_figure, speed_png
 

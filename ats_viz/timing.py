@@ -17,7 +17,6 @@ multiply-accumulates. Every timing follows the same rules:
 
 from __future__ import annotations
 
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +29,8 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
 from .data import Dataset, load_dataset, read_image
+from .devices import check_device, describe
 from .errors import InputError
-from .evaluate import check_device
 from .flops import full_gflops
 from .methods import METHODS, format_value
 from .models import LoadedModel, net_on_device
@@ -57,23 +56,9 @@ class Machine:
 
 
 def machine(device: str = "cpu") -> Machine:
-    dev = check_device(device)
-    if dev.type == "cuda":
-        name = torch.cuda.get_device_name(dev)
-    else:
-        name = platform.processor() or _cpu_model() or platform.machine()
-    return Machine(str(dev), name, torch.get_num_threads())
-
-
-def _cpu_model() -> str:
-    """The CPU's model name on Linux, where platform.processor() is usually empty."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    """``device`` as a results folder describes it (``devices.describe``), with torch's threads."""
+    where = describe(check_device(device))
+    return Machine(where.device, where.name, torch.get_num_threads())
 
 
 @dataclass

@@ -129,7 +129,7 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
     """Top-1 (with its 95% Wilson interval) and mean GFLOPs of the full model and of ATS at the
     default setting, and the patch tokens ATS keeps, on the held-out set (``per_class``: fewer
     images; ``seed``: a fresh set like it)."""
-    from .evaluate import wilson
+    from .stats import wilson
 
     net.eval()
     hits = {"full": 0, "ats": 0}

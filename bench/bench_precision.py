@@ -21,7 +21,8 @@ import time
 import torch
 
 from ats_viz.data import heldout_folder, load_dataset, read_image
-from ats_viz.evaluate import autocast, check_device, sweep_batch
+from ats_viz.devices import autocast, check_device
+from ats_viz.evaluate import sweep_batch
 from ats_viz.models import load_model, on_device
 from ats_viz.synthetic import CLASSES
 from ats_viz.vit import ATSConfig

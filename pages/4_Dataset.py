@@ -16,6 +16,8 @@ from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldou
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
 from ats_viz.paths import OFF, confine, typed_paths_allowed
+from ats_viz.results import load_results, results_zip
+from ats_viz.stats import summarize
 from ats_viz.synthetic import CLASSES, HELDOUT_PER_CLASS, HELDOUT_SEED
 
 settings = ui.sidebar()
@@ -78,7 +80,7 @@ def saved_results() -> None:
             folder = extract_zip(upload.getvalue(), upload.name, ("csv", "json", "html"))
         else:
             folder = confine(path.strip())
-        saved = ev.load_results(folder)
+        saved = load_results(folder)
         full, names = float(saved.manifest["full_gflops"]), list(saved.manifest["class_names"])
     except (InputError, KeyError, TypeError, ValueError) as err:
         st.error(str(err) if isinstance(err, InputError) else f"The results manifest is incomplete ({err}).")
@@ -231,7 +233,7 @@ if stored is None or stored["key"] != key:
 result: ev.SweepResult = stored["result"]
 if "tables" not in stored:
     per_image = result.per_image()
-    stored["tables"] = (per_image, ev.summarize(per_image, result.full_gflops))
+    stored["tables"] = (per_image, summarize(per_image, result.full_gflops))
 per_image, summary = stored["tables"]
 if stored["cancelled"]:
     st.warning(f"Stopped: {len(per_image):,} of {len(dataset.items) * len(runs):,} image-settings are shown. "
@@ -271,6 +273,6 @@ d = st.columns(3)
 d[0].download_button("Per-image table (CSV)", per_image.to_csv(index=False), file_name="per_image.csv",
                      mime="text/csv")
 d[1].download_button("Summary (CSV)", summary.to_csv(index=False), file_name="summary.csv", mime="text/csv")
-d[2].download_button("Results folder (ZIP)", lambda: ev.results_zip(result, None if timed is None else timed["table"]),
+d[2].download_button("Results folder (ZIP)", lambda: results_zip(result, None if timed is None else timed["table"]),
                      file_name="ats-results.zip",
                      mime="application/zip", help="Open it again here with 'Open saved results'.")

@@ -13,9 +13,11 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats, viz
 from ats_viz.__main__ import main
 from ats_viz.data import extract_zip, load_dataset, match_labels, read_image
-from ats_viz.evaluate import (RESULT_FILES, check_device, load_results, make_settings, results_zip, run_sweep,
-                              sweep_batch, wilson)
+from ats_viz.devices import check_device
+from ats_viz.evaluate import make_settings, run_sweep, sweep_batch
 from ats_viz.methods import parse_ladder, parse_methods
+from ats_viz.results import RESULT_FILES, load_results, results_zip
+from ats_viz.stats import wilson
 from ats_viz.vit import resolve
 from ats_viz.synthetic import CLASSES, sample, write_imagefolder
 

@@ -13,8 +13,9 @@ import torch
 from conftest import ROOT
 from ats_viz import InputError
 from ats_viz.data import load_dataset
-from ats_viz.evaluate import load_results, make_settings, run_sweep
+from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.models import on_device
+from ats_viz.results import load_results
 from ats_viz.synthetic import write_imagefolder
 
 

@@ -159,6 +159,9 @@ def test_evaluate_time_fills_the_summary(folder, tmp_path, monkeypatch):
     assert main(["evaluate", "--data", str(folder), "--methods", "ats", "--k", "0.5", "--batch", "4",
                  "--out", str(tmp_path / "off")]) == 0
     assert "ms_per_image" not in pd.read_csv(tmp_path / "off" / "summary.csv").columns  # off by default
+    where = timing.machine("cpu")  # the timing caption and the results folder describe the device alike
+    devices = json.loads((tmp_path / "on" / "results.json").read_text())["devices"]
+    assert [(d["device"], d["name"]) for d in devices] == [(where.device, where.name)]
 
 
 def test_image_page_times_only_when_asked(monkeypatch, model):

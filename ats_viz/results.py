@@ -1,0 +1,115 @@
+"""Results folders: a sweep written out as tables, a figure and a manifest, and read back.
+
+A sweep on a cluster is looked at elsewhere and later (the Dataset page's "Open saved
+results", a download that the page opens again), so what it found is written as plain files
+anyone can read: per_image.csv, summary.csv, the accuracy curve (HTML and PNG) and
+results.json, which says what was swept, on which model, data and devices.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import InputError
+from .evaluate import SweepResult
+from .methods import METHODS
+from .stats import summarize
+from .sweepcache import CACHE_VERSION
+from .timing import add_timing
+from .vit import ATSConfig
+
+RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
+MANIFEST = "results.json"
+
+
+def _setting_doc(cfg: ATSConfig) -> dict:
+    doc = {"label": cfg.label(), "method": cfg.method,
+           "stages": None if cfg.stages is None else list(cfg.stages), "seed": cfg.seed}
+    param = METHODS[cfg.method].param
+    if param is not None:
+        value = getattr(cfg, param.field)
+        doc[param.field] = list(value) if isinstance(value, tuple) else value
+    if cfg.method == "evit":
+        doc["fuse_token"] = cfg.fuse_token
+    return doc
+
+
+def write_results(result: SweepResult, out: Path | str, timed: pd.DataFrame | None = None) -> dict[str, Path]:
+    """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest;
+    ``timed`` (``timing.time_dataset``) adds measured ms_per_image and images_per_s to the summary."""
+    # Imported here: sweeping and reading results back must not load plotly, matplotlib and OpenCV.
+    from .viz import curve_figure, curve_png
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_image = result.per_image()
+    summary = summarize(per_image, result.full_gflops)
+    if timed is not None:
+        summary = add_timing(summary, timed)
+    paths = {name: out / name for name in RESULT_FILES}
+    per_image.to_csv(paths["per_image.csv"], index=False)
+    summary.to_csv(paths["summary.csv"], index=False)
+    curve_figure(summary).write_html(paths["curve.html"], include_plotlyjs=True)
+    curve_png(summary, paths["curve.png"])
+    manifest = {
+        "version": CACHE_VERSION,
+        "model": result.model_name,
+        "model_hash": result.model_hash,
+        "dataset": str(result.dataset.root),
+        "images": len(result.dataset.items),
+        "found": result.dataset.found,
+        "unmatched": result.dataset.unmatched,
+        "skipped": [list(s) for s in result.skipped],
+        "class_names": result.dataset.class_names,
+        "full_gflops": result.full_gflops,
+        "depth": result.depth,
+        "settings": [_setting_doc(c) for c in result.settings],
+        "precision": result.precision,
+        "world_size": result.world_size,
+        "devices": result.devices,
+        "seconds": result.seconds,
+        "files": list(RESULT_FILES),
+    }
+    paths[MANIFEST].write_text(json.dumps(manifest, indent=2))
+    return paths
+
+
+@dataclass
+class SavedSweep:
+    """A results folder read back: the tables and the manifest."""
+
+    per_image: pd.DataFrame
+    summary: pd.DataFrame
+    manifest: dict
+
+
+def load_results(folder: Path | str) -> SavedSweep:
+    """Open a folder written by ``write_results`` (or ``python -m ats_viz evaluate``)."""
+    folder = Path(folder).expanduser()
+    missing = [n for n in ("per_image.csv", "summary.csv", MANIFEST) if not (folder / n).is_file()]
+    if missing:
+        raise InputError(f"'{folder}' is not a results folder: {', '.join(missing)} missing. "
+                         "Make one with 'python -m ats_viz evaluate --out FOLDER'.")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        # Folders from before ToMe and EViT name the parameter column "k".
+        per_image = pd.read_csv(folder / "per_image.csv").rename(columns={"k": "value"})
+        summary = pd.read_csv(folder / "summary.csv").rename(columns={"k": "value"})
+    except (ValueError, OSError) as err:
+        raise InputError(f"The results in '{folder}' could not be read ({str(err)[:120]}). Run the sweep again.") from None
+    return SavedSweep(per_image, summary, manifest)
+
+
+def results_zip(result: SweepResult, timed: pd.DataFrame | None = None) -> bytes:
+    """The results folder as a ZIP, for a download that the Dataset page can open again."""
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory(prefix="ats-viz-") as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, path in write_results(result, tmp, timed).items():
+            z.write(path, name)
+    return buf.getvalue()

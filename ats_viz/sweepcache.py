@@ -1,0 +1,115 @@
+"""The sweep's disk cache: one JSON file per (model weights, preprocessing, precision, setting,
+chunk of image files).
+
+A sweep over a large dataset takes hours, so what it computed is kept as soon as each chunk
+is done: widening the ladder computes only the new settings, a changed image file or weight
+recomputes its chunk or everything, and an interrupted sweep resumes from its last chunk.
+Everything a result depends on is in a file's key, and the file's name is the key's digest.
+A file that does not read back cleanly is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .atomic import atomic_write
+from .data import DatasetItem, cache_root, fingerprint
+from .models import LoadedModel, model_hash
+from .vit import ATSConfig, resolve
+
+CACHE_VERSION = 2  # 2: one file per setting and chunk of images, precision in the key
+ROWS = ("names", "pred", "confidence", "gflops", "tokens")  # the columns of a setting's rows
+
+
+def default_cache() -> Path:
+    return cache_root() / "sweeps"
+
+
+def setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
+    """What a setting's results depend on (its plan, not its spelling); refuses an impossible
+    setting with a sentence."""
+    plan = resolve(cfg, depth, num_patches)
+    key = {"method": cfg.method, "plan": {str(b): k for b, k in sorted(plan.items())},
+           "seed": cfg.seed if cfg.method == "random" else 0}
+    if cfg.method == "evit":
+        key["fuse_token"] = cfg.fuse_token
+    return key
+
+
+def files_digest(items: Sequence[DatasetItem]) -> str:
+    """Changes when any of these image files is replaced, rewritten or touched."""
+    return hashlib.sha256(json.dumps(fingerprint(items)).encode()).hexdigest()
+
+
+@dataclass
+class Cached:
+    """One setting's rows over one chunk of images, as the cache gave them back."""
+
+    rows: dict[str, list]  # ROWS -> values, one per readable image of the chunk
+    skipped: list[tuple[str, str]]  # (image, why it could not be read)
+
+
+class SweepCache:
+    """One JSON file per (model, preprocessing, precision, setting, chunk of image files);
+    ``folder`` None caches nothing."""
+
+    def __init__(self, folder: Path | None, base: dict) -> None:
+        self.folder, self.base = folder, base
+
+    @classmethod
+    def open(cls, where: Path | str | None, model: LoadedModel, precision: str) -> SweepCache:
+        """The cache for ``model`` at ``precision``: ``where`` a folder, "default"
+        (``default_cache()``) or None (no cache)."""
+        folder = None if where is None else (default_cache() if where == "default" else Path(where))
+        return cls(folder, {"version": CACHE_VERSION, "model": model_hash(model.net),
+                            "transform": repr(model.transform), "precision": precision})
+
+    @property
+    def model_hash(self) -> str:
+        return self.base["model"]
+
+    def _key(self, setting: dict, files: str) -> tuple[dict, Path | None]:
+        key = {**self.base, "setting": setting, "files": files}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:40]
+        return key, (self.folder / f"{digest}.json" if self.folder else None)
+
+    def load(self, setting: dict, files: str, names: list[str], depth: int) -> Cached | None:
+        """The chunk of images ``names`` under one setting (``setting_key``), or None when it is
+        not cached or its file cannot be used."""
+        key, path = self._key(setting, files)
+        if path is None or not path.is_file():
+            return None
+        try:
+            doc = json.loads(path.read_text())
+            if doc["key"] != key:
+                return _distrust(path, "it was written for another key")
+            rows = {"names": [str(x) for x in doc["names"]], "pred": [int(x) for x in doc["pred"]],
+                    "confidence": [float(x) for x in doc["confidence"]], "gflops": [float(x) for x in doc["gflops"]],
+                    "tokens": [[int(t) for t in row] for row in doc["tokens"]]}
+            skipped = [(str(a), str(b)) for a, b in doc["skipped"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            return _distrust(path, f"{type(err).__name__}: {str(err)[:200]}")
+        if len({len(rows[c]) for c in ROWS}) != 1:
+            return _distrust(path, "its columns differ in length")
+        if any(len(row) != depth + 1 for row in rows["tokens"]):
+            return _distrust(path, f"its token counts are not {depth + 1} per image")
+        if sorted(rows["names"] + [a for a, _ in skipped]) != sorted(names):
+            return _distrust(path, "its images are not the chunk's")
+        return Cached(rows, skipped)
+
+    def save(self, setting: dict, files: str, rows: dict[str, list], skipped: list[tuple[str, str]]) -> None:
+        """Keep one setting's rows (ROWS) over one chunk; a reader sees the old file or the new one."""
+        key, path = self._key(setting, files)
+        if path is None:
+            return
+        doc = {"key": key, **{c: rows[c] for c in ROWS}, "skipped": [list(s) for s in skipped]}
+        atomic_write(path, json.dumps(doc))
+
+
+def _distrust(path: Path, why: str) -> None:
+    """A cache file that is not used: it is computed again."""
+    return None
