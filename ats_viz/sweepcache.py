@@ -5,13 +5,16 @@ A sweep over a large dataset takes hours, so what it computed is kept as soon as
 is done: widening the ladder computes only the new settings, a changed image file or weight
 recomputes its chunk or everything, and an interrupted sweep resumes from its last chunk.
 Everything a result depends on is in a file's key, and the file's name is the key's digest.
-A file that does not read back cleanly is recomputed, never trusted.
+A file that does not read back cleanly is recomputed, never trusted, and said so once in the
+log (``logging``, this module's logger), so a cache that keeps failing does not fail silently.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +26,10 @@ from .vit import ATSConfig, resolve
 
 CACHE_VERSION = 2  # 2: one file per setting and chunk of images, precision in the key
 ROWS = ("names", "pred", "confidence", "gflops", "tokens")  # the columns of a setting's rows
+
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, int]] = set()  # (file, its mtime): each unusable file is logged once
+_warned_lock = threading.Lock()  # sessions are threads
 
 
 def default_cache() -> Path:
@@ -79,7 +86,7 @@ class SweepCache:
 
     def load(self, setting: dict, files: str, names: list[str], depth: int) -> Cached | None:
         """The chunk of images ``names`` under one setting (``setting_key``), or None when it is
-        not cached or its file cannot be used."""
+        not cached or its file cannot be used (then logged, once per file)."""
         key, path = self._key(setting, files)
         if path is None or not path.is_file():
             return None
@@ -111,5 +118,14 @@ class SweepCache:
 
 
 def _distrust(path: Path, why: str) -> None:
-    """A cache file that is not used: it is computed again."""
+    """Log, once per file, that a cache file is not used and why: it is computed again."""
+    try:
+        stamp = path.stat().st_mtime_ns
+    except OSError:
+        stamp = 0
+    with _warned_lock:
+        if (str(path), stamp) in _warned:
+            return None
+        _warned.add((str(path), stamp))
+    log.warning("The sweep cache file %s cannot be used (%s); its results are computed again.", path, why)
     return None

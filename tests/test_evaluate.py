@@ -2,6 +2,7 @@
 and every bad input is refused with a sentence."""
 
 import io
+import logging
 import os
 import zipfile
 
@@ -124,6 +125,30 @@ def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
     changed = run_sweep(model, load_dataset(data, model.class_names), wider, batch=4, cache=cache)
     assert changed.computed == [c.label() for c in wider]
+
+
+def test_a_cache_file_that_cannot_be_used_is_recomputed_and_logged_once(model, tmp_path, caplog):
+    data = write_imagefolder(tmp_path / "data", per_class=1, seed=3)
+    cache = tmp_path / "cache"
+    ds = load_dataset(data, model.class_names)
+    settings = make_settings({"ats": [98]})
+    first = run_sweep(model, ds, settings, batch=4, cache=cache)
+    broken = sorted(cache.glob("*.json"))[0]
+    broken.write_text(broken.read_text()[:50])
+
+    def stop(_):  # after the cache is read, before anything is computed: the file stays broken
+        raise KeyboardInterrupt
+
+    with caplog.at_level(logging.WARNING, logger="ats_viz.sweepcache"):
+        for _ in range(2):
+            with pytest.raises(KeyboardInterrupt):
+                run_sweep(model, ds, settings, batch=4, cache=cache, progress=stop)
+        said = [r.getMessage() for r in caplog.records if r.name == "ats_viz.sweepcache"]
+        assert len(said) == 1 and str(broken) in said[0] and "JSONDecodeError" in said[0]
+        again = run_sweep(model, ds, settings, batch=4, cache=cache)
+        assert len(again.computed) == 1 and again.per_image().equals(first.per_image())
+        assert run_sweep(model, ds, settings, batch=4, cache=cache).computed == []  # mended by the recompute
+    assert len([r for r in caplog.records if r.name == "ats_viz.sweepcache"]) == 1
 
 
 def test_progress_counts_images_and_settings(model, folder):
