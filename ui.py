@@ -21,7 +21,7 @@ from ats_viz.methods import METHODS, format_value, get, parse_stages
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
-from ats_viz import timing, viz
+from ats_viz import overlays, timing, viz
 
 PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
          "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
@@ -279,7 +279,7 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
     if not res.stages:
         st.info("No stage reduces with these settings: every block keeps every token.")
         return
-    panels = viz.stage_overlays(image, res, index)
+    panels = overlays.stage_overlays(image, res, index)
     st.caption(STAGE_LEGEND[res.config.method == "tome"])
     per_row = 5
     for start in range(0, len(panels), per_row):
@@ -300,7 +300,7 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
     if method.name == "ats":
         right.plotly_chart(viz.sampling_figure(stage, index), width="stretch", key=f"{key}_cdf")
     else:
-        right.image(viz.stage_view(image, res, stage, index), width="stretch",
+        right.image(overlays.stage_view(image, res, stage, index), width="stretch",
                     caption=f"Block {stage.block}: {method.about}")
 
 

@@ -31,8 +31,8 @@ from PIL import Image
 from .data import MAX_PIXELS, MIN_SIDE
 from .errors import InputError
 from .models import LoadedModel
+from .overlays import stage_view
 from .vit import ATSConfig, ATSResult, run_ats
-from .viz import stage_view
 
 VIDEO_TYPES = ("mp4", "avi", "mov", "webm", "mkv")
 # 90 frames spread over the clip: with the embedded model on a 2-core CPU a one-minute

@@ -1,5 +1,6 @@
-"""Pictures of ATS: patch overlays (numpy / OpenCV) and plotly figures, drawn from traces and
-from the tables of dataset sweeps."""
+"""Figures of ATS: plotly figures and matplotlib pictures, drawn from traces, from a video's
+frames and from the tables of dataset sweeps and timings. The overlays on the image itself
+(numpy / OpenCV) are ``overlays.py``'s."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -17,13 +17,12 @@ from plotly.subplots import make_subplots
 from .ats import sampling_picture
 from .errors import InputError
 from .methods import METHODS
+from .overlays import stage_overlays
 from .vit import ATSResult, StageTrace
 
-if TYPE_CHECKING:  # video.py draws with overlay() from here: a runtime import would be circular
+if TYPE_CHECKING:  # only named: drawing a timeline needs none of video.py's code
     from .video import VideoResult
 
-KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
-FUSED = (0, 200, 255)  # outline of patches held by a fused token (EViT): cyan, apart from amber
 OTHER = (90, 90, 90)  # a method the registry does not know (a saved table from elsewhere)
 
 
@@ -60,69 +59,6 @@ def run_colours(runs: dict[str, ATSResult]) -> dict[str, str]:
     """setting_colours for runs in hand (the Image and Compare pages), keyed by their labels."""
     rows = [(label, res.config.method, float(res.gflops.mean())) for label, res in runs.items()]
     return setting_colours(pd.DataFrame(rows, columns=["setting", "method", "gflops"]))
-
-
-def overlay(image: np.ndarray, kept: np.ndarray | torch.Tensor, grid: tuple[int, int],
-            dim: float = 0.22, outline: bool = True, fused: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
-    """The image with dropped patches dimmed and kept ones outlined (uint8 H x W x 3); patches
-    in ``fused`` (EViT's extra token) stay bright, outlined in their own colour."""
-    kept = np.asarray(kept, dtype=bool).reshape(grid)
-    fused = np.zeros_like(kept) if fused is None else np.asarray(fused, dtype=bool).reshape(grid)
-    h, w = image.shape[:2]
-    ph, pw = h / grid[0], w / grid[1]
-    mask = cv2.resize((kept | fused).astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    out = np.where(mask[..., None], image, (image * dim).astype(np.uint8)).copy()
-    if outline:
-        for cells, colour in ((kept, KEPT), (fused, FUSED)):
-            for r, c in zip(*np.nonzero(cells)):
-                x0, y0 = round(c * pw), round(r * ph)
-                x1, y1 = round((c + 1) * pw) - 1, round((r + 1) * ph) - 1
-                cv2.rectangle(out, (x0, y0), (x1, y1), colour, 1)
-    return out
-
-
-# Distinct hues for merged groups (matplotlib's tab10 without grey), cycled by token index.
-_GROUP_COLOURS = np.array([(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-                           (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207)], dtype=np.float32)
-
-
-def groups_overlay(image: np.ndarray, groups: np.ndarray | torch.Tensor, grid: tuple[int, int],
-                   tint: float = 0.55) -> np.ndarray:
-    """ToMe's merged tokens over the picture: the patches of each token that holds several
-    share one tint, with a line where two tokens meet; tokens of one patch are left as they are."""
-    groups = np.asarray(groups, dtype=np.int64).reshape(grid)
-    ids, counts = np.unique(groups[groups >= 0], return_counts=True)
-    merged = np.isin(groups, ids[counts > 1])
-    h, w = image.shape[:2]
-    big = cv2.resize(groups.astype(np.int32), (w, h), interpolation=cv2.INTER_NEAREST)
-    big_merged = cv2.resize(merged.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
-    colour = _GROUP_COLOURS[np.abs(big) % len(_GROUP_COLOURS)]
-    out = np.where(big_merged[..., None], image * (1 - tint) + colour * tint, image)
-    edge = np.zeros((h, w), dtype=bool)
-    edge[:, 1:] |= big[:, 1:] != big[:, :-1]
-    edge[1:, :] |= big[1:, :] != big[:-1, :]
-    out[edge & big_merged] = 255
-    return out.astype(np.uint8)
-
-
-def stage_view(image: np.ndarray, res: ATSResult, stage: StageTrace, index: int = 0) -> np.ndarray:
-    """What one stage left, drawn the way its method works: merged groups for ToMe; for the
-    others the tokens of one patch outlined, the patches of a fused token (EViT) in their own
-    colour, and dropped patches dimmed."""
-    groups = stage.groups[index].numpy()
-    if res.config.method == "tome":
-        return groups_overlay(image, groups, res.grid)
-    held = groups >= 0
-    sizes = np.bincount(groups[held], minlength=1)
-    fused = held & (sizes[np.where(held, groups, 0)] > 1)
-    return overlay(image, held & ~fused, res.grid, fused=fused)
-
-
-def stage_overlays(image: np.ndarray, res: ATSResult, index: int = 0) -> list[tuple[str, np.ndarray]]:
-    """One (title, view) per reducing stage for image ``index`` of a result."""
-    total = res.grid[0] * res.grid[1]
-    return [(f"block {s.block}: {int(s.tokens_out[index])} / {total} tokens", stage_view(image, res, s, index))
-            for s in res.stages]
 
 
 def stage_figure_png(image: np.ndarray, res: ATSResult, index: int = 0, cols: int = 5) -> bytes:

@@ -5,7 +5,7 @@ from dataclasses import replace
 import streamlit as st
 
 import ui
-from ats_viz import ATSConfig, InputError, viz
+from ats_viz import ATSConfig, InputError, overlays, viz
 from ats_viz.cost import equal_cost
 from ats_viz.methods import METHODS, REDUCERS, format_value, parse_ladder
 
@@ -68,7 +68,7 @@ for start in range(0, len(results), 5):
         gf = float(res.gflops[0])
         with col:
             st.markdown(f"**{title}**")
-            st.image(viz.stage_view(seen, res, res.stages[-1]) if res.stages else seen, width="stretch")
+            st.image(overlays.stage_view(seen, res, res.stages[-1]) if res.stages else seen, width="stretch")
             st.metric("Tokens at the end", f"{final} / {total}")
             st.metric("GFLOPs", f"{gf:.3f}", f"{gf / res.full_gflops - 1:+.0%}", delta_color="inverse")
             st.metric("Top-1", top[0], f"{top[1]:.1%}", delta_color="off")
