@@ -17,7 +17,8 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.methods import METHODS, format_value, get, parse_stages
+from ats_viz.methods import METHODS, format_value, get
+from ats_viz.setting import from_text
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
@@ -31,10 +32,21 @@ SOURCES = {"embedded": "Shipped model (plain)", "embedded-ats": "Shipped model (
 # Settings: session-state key -> (URL query key, default). Non-widget keys hold the values so
 # they survive page switches (Streamlit forgets a widget's state on pages that do not draw it).
 # Each method's parameter has its own key (its ATSConfig field), so switching methods keeps them.
+
+
+def _param_default(field: str) -> str:
+    """A parameter box's first text: the methods' shared default, or empty (each method's own)."""
+    texts = {format_value(getattr(ATSConfig(method=m.name), field)) for m in METHODS.values()
+             if m.param and m.param.field == field}
+    return texts.pop() if len(texts) == 1 else ""
+
+
+PARAMS = {m.param.field: m.param for m in METHODS.values() if m.param}
+OPTIONS = {o.field: o for m in METHODS.values() for o in m.options if o.choices}  # options the sidebar offers
 DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
-            "method": "ats", "stages": "", "fuse_token": "yes",
-            # one box per method parameter (the registry's), starting at ATSConfig's default
-            **{m.param.field: format_value(getattr(ATSConfig(), m.param.field)) for m in METHODS.values() if m.param}}
+            "method": "ats", "stages": "",
+            **{field: _param_default(field) for field in PARAMS},
+            **{field: o.default for field, o in OPTIONS.items()}}
 
 
 @dataclass(frozen=True)
@@ -45,13 +57,6 @@ class Settings:
     stages_text: str
 
 
-def config_from_text(method: str, stages: str, value: str, fuse: bool = True) -> ATSConfig:
-    """One setting from what a person typed; an InputError says what is wrong."""
-    m = get(method)
-    extra = {m.param.field: m.param.parse(value)} if m.param is not None else {}
-    return ATSConfig(method=method, stages=parse_stages(stages), fuse_token=fuse, **extra)
-
-
 def _init_state() -> None:
     for key, default in DEFAULTS.items():
         if key not in st.session_state:
@@ -60,8 +65,14 @@ def _init_state() -> None:
         st.session_state.source = "embedded"
     if st.session_state.method not in METHODS:
         st.session_state.method = "ats"
-    if st.session_state.fuse_token not in ("yes", "no"):
-        st.session_state.fuse_token = "yes"
+    for field, o in OPTIONS.items():  # the URL gives text: the choice it names, else the default
+        st.session_state[field] = next((c for c in o.choices if str(c) == str(st.session_state[field])), o.default)
+
+
+def sidebar_options() -> dict:
+    """The methods' options as the sidebar sets them ({field: value}), for pages that build
+    settings of several methods (a setting keeps only its own method's)."""
+    return {field: st.session_state[field] for field in OPTIONS}
 
 
 def _bind(key: str) -> dict:
@@ -104,9 +115,9 @@ def sidebar() -> Settings | None:
         if method.param is not None:
             st.text_input(f"{method.param.symbol} ({method.label})", help=method.param.help,
                           **_bind(method.param.field))
-        if method.name == "evit":
-            st.selectbox("Dropped tokens", ["yes", "no"], format_func={"yes": "fused into one", "no": "dropped"}.get,
-                         **_bind("fuse_token"))
+        for o in method.options:
+            if o.choices:
+                st.selectbox(o.label, list(o.choices), format_func=o.choices.get, **_bind(o.field))
         st.caption(GFLOPS_NOTE)
     st.query_params.update({k: str(st.session_state[k]) for k in DEFAULTS if st.session_state[k] != DEFAULTS[k]})
     for k in DEFAULTS:
@@ -119,9 +130,10 @@ def sidebar() -> Settings | None:
                 raise InputError(OFF)
             if model.strip():
                 model = str(confine(model))  # before source_stamp or load_model touches the file
-        field = METHODS[method].param.field if METHODS[method].param else None
-        config = config_from_text(method, st.session_state.stages, st.session_state[field] if field else "",
-                                  st.session_state.fuse_token == "yes")
+        reducer = METHODS[method]
+        config = from_text(method, st.session_state.stages,
+                           st.session_state[reducer.param.field] if reducer.param else "",
+                           **{o.field: st.session_state[o.field] for o in reducer.options if o.field in OPTIONS})
     except InputError as err:
         st.error(str(err))
         return None
@@ -223,15 +235,15 @@ def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig
     """A "Measure speed" button: the image timed under ``configs`` and the full model, only
     when pressed (a timing takes seconds, and reruns happen on every click). Kept in session
     state by image, weights and settings, so it shows again until one of them changes.
-    Returns {setting label: Measured}, the full model's under "full"; None before the press."""
+    Returns {setting id: Measured}, the full model's under ``FULL.id``; None before the press."""
     speeds = st.session_state.setdefault("speed", {})
-    stored = (digest(x), model_hash(loaded.net), tuple(repr(c) for c in configs))
+    stored = (digest(x), model_hash(loaded.net), tuple(c.id for c in configs))
     if st.button("Measure speed", key=f"{key}_speed",
                  help=f"Times this image: {SPEED_WARMUP} warm-up and {SPEED_REPEATS} timed runs of each setting "
                       "and of the full model, interleaved, on this server's CPU."):
         with st.spinner("Timing..."):
             measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS)
-        speeds[stored] = ({m.label: m for m in measured}, str(timing.machine("cpu")))
+        speeds[stored] = ({m.id: m for m in measured}, str(timing.machine("cpu")))
         while len(speeds) > _SPEED_KEPT:
             speeds.pop(next(iter(speeds)))
     hit = speeds.get(stored)
@@ -280,7 +292,7 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
         st.info("No stage reduces with these settings: every block keeps every token.")
         return
     panels = overlays.stage_overlays(image, res, index)
-    st.caption(STAGE_LEGEND[res.config.method == "tome"])
+    st.caption(STAGE_LEGEND[get(res.config.method).groups])
     per_row = 5
     for start in range(0, len(panels), per_row):
         cols = st.columns(per_row)
@@ -293,11 +305,11 @@ def show_stages(image: np.ndarray, res: ATSResult, index: int = 0, key: str = "s
     else:
         block = blocks[0]
     stage = res.stages[blocks.index(block)]
-    method = METHODS[res.config.method]
+    method = get(res.config.method)
     left, right = st.columns(2)
     left.plotly_chart(viz.score_heatmap(stage, res.grid, index, method.evidence), width="stretch",
                       key=f"{key}_heat")
-    if method.name == "ats":
+    if method.samples:
         right.plotly_chart(viz.sampling_figure(stage, index), width="stretch", key=f"{key}_cdf")
     else:
         right.image(overlays.stage_view(image, res, stage, index), width="stretch",
@@ -308,10 +320,10 @@ def trace_json(res: ATSResult, full: ATSResult, loaded: LoadedModel, settings: S
     payload = {
         "image": name,
         "model": settings.model,
-        "settings": {"method": settings.config.method, "label": settings.config.label(),
+        "settings": {"method": settings.config.method, "id": settings.config.id,
                      "stages": settings.stages_text or "default"},
         **res.summary(0),
-        "top5_ats": viz.topk(res.logits[0], loaded.class_names),
+        "top5": viz.topk(res.logits[0], loaded.class_names),
         "top5_full": viz.topk(full.logits[0], loaded.class_names),
     }
     return json.dumps(payload, indent=2)

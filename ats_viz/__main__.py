@@ -67,7 +67,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .evaluate import CHUNK, Progress, make_settings, run_sweep
     from .models import load_model
     from .results import write_results
-    from .vit import resolve
+    from .setting import resolve
 
     world = distributed.from_env()
 
@@ -76,7 +76,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             print(*text, **where)
 
     # Typos are refused before loading.
-    settings = make_settings(_ladders(args), parse_stages(args.stages), args.seed, args.fuse_token)
+    settings = make_settings(_ladders(args), parse_stages(args.stages), seed=args.seed, fuse_token=args.fuse_token)
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
     device = distributed.device_for(world, args.device)
@@ -219,12 +219,11 @@ def _video(args: argparse.Namespace) -> None:
 
     from .models import load_model
     from .video import DEFAULT_MAX_FRAMES, analyse_video, plan, probe, write_annotated
-    from .vit import ATSConfig, resolve
+    from .setting import from_text, resolve
 
     param = METHODS[args.method].param
-    given = getattr(args, param.field) if param else None
-    extra = {param.field: param.parse(given)} if given is not None else {}  # else ATSConfig's default
-    config = ATSConfig(method=args.method, stages=parse_stages(args.stages), fuse_token=args.fuse_token, **extra)
+    given = (getattr(args, param.field) if param else None) or ""  # "": the method's default
+    config = from_text(args.method, args.stages, given, fuse_token=args.fuse_token)
     _writable(args.csv, args.out)
     max_frames = DEFAULT_MAX_FRAMES if args.max_frames is None else args.max_frames
     info = probe(args.input)  # refuse a bad file before loading the model

@@ -388,6 +388,13 @@ def _heldout_key() -> str:
     return f"{HELDOUT_SEED}-{digest.hexdigest()[:10]}"
 
 
+def heldout_description() -> str:
+    """The bundled held-out set in words, for a page."""
+    from .synthetic import CLASSES, HELDOUT_PER_CLASS, HELDOUT_SEED
+
+    return f"{len(CLASSES) * HELDOUT_PER_CLASS:,} synthetic shapes images (seed {HELDOUT_SEED})"
+
+
 def heldout_path(per_class: int | None = None) -> Path:
     """Where the bundled held-out set (``per_class`` images per class) lives in the cache."""
     from .synthetic import HELDOUT_PER_CLASS

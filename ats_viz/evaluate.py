@@ -32,7 +32,8 @@ from .models import LoadedModel, on_device
 from .methods import Value, get
 from .stats import summarize
 from .sweepcache import ROWS, SweepCache, files_digest, setting_key
-from .vit import ATSConfig, ATSResult, embed, finish, fork, resolve, run_blocks
+from .setting import FULL, ATSConfig, resolve
+from .vit import ATSResult, embed, finish, fork, run_blocks
 
 CHUNK = 256  # images per cache file and per unit of work handed to a process
 
@@ -41,14 +42,15 @@ CHUNK = 256  # images per cache file and per unit of work handed to a process
 
 
 def make_settings(ladders: Mapping[str, Sequence[Value]], stages: tuple[int, ...] | None = None,
-                  seed: int = 0, fuse_token: bool = True) -> list[ATSConfig]:
+                  **options) -> list[ATSConfig]:
     """The full model, then every method at every value of its ladder ({method: values},
-    values as ``methods.parse_ladder`` gives them). ``stages`` None: each method's own blocks."""
-    settings = [ATSConfig(method="full")]
+    values as ``methods.parse_ladder`` gives them). ``stages`` None: each method's own blocks;
+    ``options`` (seed, fuse_token, ...) go to the methods that read them."""
+    settings = [FULL]
     for name, values in ladders.items():
         param = get(name).param
         if param is not None:
-            settings += [ATSConfig(method=name, stages=stages, seed=seed, fuse_token=fuse_token, **{param.field: v})
+            settings += [ATSConfig(method=name, stages=stages, **options, **{param.field: v})
                          for v in values]
     return settings
 
@@ -60,7 +62,7 @@ def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConf
     """Run one batch under every setting, sharing the blocks before the first pruning stage."""
     depth, patches = len(net.blocks), net.patch_embed.num_patches
     first = min((min(p) for p in (resolve(c, depth, patches) for c in settings) if p), default=depth)
-    shared = run_blocks(net, embed(net, images), ATSConfig(method="full"), stop=first)
+    shared = run_blocks(net, embed(net, images), FULL, stop=first)
     return [finish(net, run_blocks(net, fork(shared), cfg), cfg) for cfg in settings]
 
 
@@ -107,7 +109,7 @@ class Progress:
 
     done: int  # image x setting evaluations finished, cached ones included (of this process's shard)
     total: int
-    per_setting: dict[str, tuple[int, int]]  # setting label -> (images done, images to do)
+    per_setting: dict[str, tuple[int, int]]  # setting id -> (images done, images to do)
     computed: int  # evaluations computed (not cached) so far
     to_compute: int
     elapsed_s: float
@@ -129,12 +131,12 @@ class SweepResult:
     model_name: str
     model_hash: str
     settings: list[ATSConfig]
-    runs: dict[str, SettingRun]  # by setting label
+    runs: dict[str, SettingRun]  # by setting id
     full_gflops: float
     depth: int
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (image, why it could not be read)
-    computed: list[str] = field(default_factory=list)  # setting labels computed in this call
-    cached: list[str] = field(default_factory=list)  # setting labels read from the cache
+    computed: list[str] = field(default_factory=list)  # setting ids computed in this call
+    cached: list[str] = field(default_factory=list)  # setting ids read from the cache
     seconds: float = 0.0
     precision: str = "fp32"
     world_size: int = 1  # processes that shared the sweep
@@ -146,7 +148,7 @@ class SweepResult:
         names = self.dataset.class_names
         frames = []
         for cfg in self.settings:
-            run = self.runs.get(cfg.label())
+            run = self.runs.get(cfg.id)
             if run is None or not run.names:
                 continue
             target = [items[n].target for n in run.names]
@@ -155,7 +157,7 @@ class SweepResult:
                 "image": run.names,
                 "label": [items[n].label for n in run.names],
                 "target": target,
-                "setting": cfg.label(),
+                "setting": cfg.id,
                 "method": cfg.method,
                 "value": _value_of(cfg, self.depth, int(tokens[0, 0])),
                 "pred": run.pred,
@@ -202,7 +204,7 @@ def run_sweep(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig
     settings, dev, precise, keys = _checked(model, dataset, settings, batch, device, precision, workers, chunk)
     store = SweepCache.open(cache, model, precision)
     tally = _Tally(SweepResult(dataset, model.name, store.model_hash, settings,
-                               {cfg.label(): SettingRun(cfg) for cfg in settings}, _full_gflops(model),
+                               {cfg.id: SettingRun(cfg) for cfg in settings}, _full_gflops(model),
                                len(model.net.blocks), precision=precision, devices=[describe(dev).doc()]), progress)
     chunks = shard_chunks(len(dataset.items), chunk, shard)
     work = _read_cache(store, keys, chunks, tally)
@@ -232,9 +234,10 @@ def _checked(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig]
     precise = autocast(precision, dev)
     depth, patches = len(model.net.blocks), model.net.patch_embed.num_patches
     keys = [setting_key(cfg, depth, patches) for cfg in settings]  # refuses impossible K with a sentence
-    labels = [cfg.label() for cfg in settings]
-    if len(set(labels)) != len(labels):
-        raise InputError("Two settings share a label; give each setting a different method, K or stages.")
+    ids = [cfg.id for cfg in settings]
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise InputError(f"The setting {twice[0]} is given twice; give each setting once.")
     return settings, dev, precise, keys
 
 
@@ -266,19 +269,19 @@ class _Tally:
     def __init__(self, result: SweepResult, progress: Callable[[Progress], None] | None) -> None:
         self.result, self.progress = result, progress
         self.t0 = time.perf_counter()
-        self.labels = [cfg.label() for cfg in result.settings]
+        self.ids = [cfg.id for cfg in result.settings]
         self.mine = 0  # images in this process's shard
-        self.done = dict.fromkeys(self.labels, 0)  # images finished per setting, cached ones included
+        self.done = dict.fromkeys(self.ids, 0)  # images finished per setting, cached ones included
         self.skipped: dict[str, str] = {}  # image -> why it could not be read
         self.evaluations = 0  # image x setting evaluations computed so far
         self.to_compute = 0
 
     def add(self, j: int, rows: SettingRun) -> None:
         """Rows of setting ``j`` (its place in the list), cached or computed."""
-        self.result.runs[self.labels[j]].extend(rows)
+        self.result.runs[self.ids[j]].extend(rows)
 
     def finished(self, j: int, images: int) -> None:
-        self.done[self.labels[j]] += images
+        self.done[self.ids[j]] += images
 
     def report(self) -> None:
         if self.progress is None:
@@ -286,8 +289,8 @@ class _Tally:
         result = self.result
         result.skipped = sorted(self.skipped.items())
         result.seconds = time.perf_counter() - self.t0
-        self.progress(Progress(sum(self.done.values()), self.mine * len(self.labels),
-                               {lab: (self.done[lab], self.mine) for lab in self.labels},
+        self.progress(Progress(sum(self.done.values()), self.mine * len(self.ids),
+                               {lab: (self.done[lab], self.mine) for lab in self.ids},
                                self.evaluations, self.to_compute, result.seconds, result))
 
 
@@ -310,8 +313,8 @@ def _read_cache(store: SweepCache, keys: list[dict], chunks: list[range], tally:
         if missing:
             work.append(_Work(c, files, missing))
     computed = {j for w in work for j in w.missing}
-    tally.result.computed = [lab for j, lab in enumerate(tally.labels) if j in computed]
-    tally.result.cached = [lab for j, lab in enumerate(tally.labels) if j not in computed]
+    tally.result.computed = [lab for j, lab in enumerate(tally.ids) if j in computed]
+    tally.result.cached = [lab for j, lab in enumerate(tally.ids) if j not in computed]
     tally.mine = sum(len(c) for c in chunks)
     tally.to_compute = sum(len(w.images) * len(w.missing) for w in work)
     return work
@@ -384,11 +387,11 @@ def merge_shards(dataset: Dataset, parts: Sequence[SweepResult]) -> SweepResult:
     first = parts[0]
     runs = {}
     for cfg in first.settings:
-        run = runs[cfg.label()] = SettingRun(cfg)
+        run = runs[cfg.id] = SettingRun(cfg)
         for p in parts:
-            run.extend(p.runs[cfg.label()])
+            run.extend(p.runs[cfg.id])
         run.sort(order)
-    labels = [cfg.label() for cfg in first.settings]
+    labels = [cfg.id for cfg in first.settings]
     computed = {lab for p in parts for lab in p.computed}
     result = dataclasses.replace(
         first, dataset=dataset, runs=runs,

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import torch
 
+from .methods import get
 from .vit import ATSResult, StageTrace
 
 KEPT = (255, 196, 0)  # outline of kept patches (amber: visible on most images)
@@ -61,11 +62,11 @@ def groups_overlay(image: np.ndarray, groups: np.ndarray | torch.Tensor, grid: t
 
 
 def stage_view(image: np.ndarray, res: ATSResult, stage: StageTrace, index: int = 0) -> np.ndarray:
-    """What one stage left, drawn the way its method works: merged groups for ToMe; for the
-    others the tokens of one patch outlined, the patches of a fused token (EViT) in their own
-    colour, and dropped patches dimmed."""
+    """What one stage left, drawn the way its method works: merged groups for merging methods
+    (ToMe, PiToMe); for the others the tokens of one patch outlined, the patches of a fused
+    token (EViT) in their own colour, and dropped patches dimmed."""
     groups = stage.groups[index].numpy()
-    if res.config.method == "tome":
+    if get(res.config.method).groups:
         return groups_overlay(image, groups, res.grid)
     held = groups >= 0
     sizes = np.bincount(groups[held], minlength=1)

@@ -19,25 +19,22 @@ import pandas as pd
 
 from .errors import InputError
 from .evaluate import SweepResult
-from .methods import METHODS
+from .methods import format_value, get
 from .stats import summarize
 from .sweepcache import CACHE_VERSION
 from .timing import add_timing
-from .vit import ATSConfig
+from .setting import ATSConfig
 
 RESULT_FILES = ("per_image.csv", "summary.csv", "curve.html", "curve.png", "results.json")
 MANIFEST = "results.json"
 
 
 def _setting_doc(cfg: ATSConfig) -> dict:
-    doc = {"label": cfg.label(), "method": cfg.method,
-           "stages": None if cfg.stages is None else list(cfg.stages), "seed": cfg.seed}
-    param = METHODS[cfg.method].param
-    if param is not None:
-        value = getattr(cfg, param.field)
-        doc[param.field] = list(value) if isinstance(value, tuple) else value
-    if cfg.method == "evit":
-        doc["fuse_token"] = cfg.fuse_token
+    reducer = get(cfg.method)
+    doc = {"id": cfg.id, "method": cfg.method, "stages": None if cfg.stages is None else list(cfg.stages)}
+    if reducer.param is not None:
+        doc["value"] = format_value(cfg.value)
+    doc.update({o.field: getattr(cfg, o.field) for o in reducer.options})
     return doc
 
 

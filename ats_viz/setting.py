@@ -58,11 +58,9 @@ class ATSConfig:
         if self.stages is not None:
             object.__setattr__(self, "stages", tuple(self.stages))
 
-    @property
-    def id(self) -> str:
-        """The setting's one identity, stable across runs and machines."""
+    def _words(self, name: str) -> str:
         m = get(self.method)
-        parts = [m.name]
+        parts = [name]
         if m.param is not None:
             parts.append(f"{m.param.symbol}={format_value(m.value(self))}")
         parts += [tag for o in m.options if (tag := o.tag(getattr(self, o.field)))]
@@ -70,9 +68,14 @@ class ATSConfig:
             parts.append(f"stages={format_stages(self.stages)}")
         return " ".join(parts)
 
+    @property
+    def id(self) -> str:
+        """The setting's one identity, stable across runs and machines: "ats K=0.5"."""
+        return self._words(self.method)
+
     def label(self) -> str:
-        """What people read in legends and titles: the id, which is written to be read."""
-        return self.id
+        """What people read in legends and titles, the method by its name: "ATS K=0.5"."""
+        return self._words(get(self.method).label)
 
     @property
     def value(self) -> Value:

@@ -22,9 +22,9 @@ from typing import Sequence
 from .atomic import atomic_write
 from .data import DatasetItem, cache_root, fingerprint
 from .models import LoadedModel, model_hash
-from .vit import ATSConfig, resolve
+from .setting import ATSConfig, resolve
 
-CACHE_VERSION = 2  # 2: one file per setting and chunk of images, precision in the key
+CACHE_VERSION = 3  # 2: one file per setting and chunk of images, precision in the key; 3: keyed by the setting's id
 ROWS = ("names", "pred", "confidence", "gflops", "tokens")  # the columns of a setting's rows
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,11 @@ def default_cache() -> Path:
     return cache_root() / "sweeps"
 
 
-def setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
-    """What a setting's results depend on (its plan, not its spelling); refuses an impossible
-    setting with a sentence."""
-    plan = resolve(cfg, depth, num_patches)
-    key = {"method": cfg.method, "plan": {str(b): k for b, k in sorted(plan.items())},
-           "seed": cfg.seed if cfg.method == "random" else 0}
-    if cfg.method == "evit":
-        key["fuse_token"] = cfg.fuse_token
-    return key
+def setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> str:
+    """The setting's id (everything its results depend on, with the model's digest beside it);
+    refuses an impossible setting with a sentence."""
+    resolve(cfg, depth, num_patches)
+    return cfg.id
 
 
 def files_digest(items: Sequence[DatasetItem]) -> str:

@@ -32,13 +32,15 @@ from .data import Dataset, load_dataset, read_image
 from .devices import check_device, describe
 from .errors import InputError
 from .flops import full_gflops
-from .methods import METHODS, format_value
+from .methods import format_value, get
 from .models import LoadedModel, net_on_device
-from .vit import ATSConfig, check_vit, resolve, run_ats
+from .setting import FULL, ATSConfig, resolve
+from .vit import check_vit, run_ats
 
-REFERENCE = ATSConfig(method="full")
-# benchmark.csv, in this order: what a person compares across machines and settings.
-CSV_COLUMNS = ["setting", "method", "k", "batch", "ms_per_image", "images_per_s", "gflops", "speedup",
+REFERENCE = FULL
+# benchmark.csv, in this order: what a person compares across machines and settings. "value" is
+# the method's parameter (K, r, the keep rate) as summary.csv names it.
+CSV_COLUMNS = ["setting", "method", "value", "batch", "ms_per_image", "images_per_s", "gflops", "speedup",
                "gflops_ratio"]
 _clock = time.perf_counter  # a module attribute, so tests can count with a fake clock
 
@@ -71,8 +73,8 @@ class Measured:
     gflops: float  # mean per image over the timed runs (each image's own)
 
     @property
-    def label(self) -> str:
-        return self.config.label()
+    def id(self) -> str:
+        return self.config.id
 
     def ms(self, q: float = 0.5) -> float:
         """Milliseconds per image at quantile ``q`` of the timed runs (0.5: the median)."""
@@ -92,7 +94,7 @@ class Measured:
 
 def _run(net: VisionTransformer, x: Tensor, config: ATSConfig) -> Tensor | None:
     """One run; each image's GFLOPs, or None for the reference (timm's forward counts nothing)."""
-    if config.method == "full":
+    if not get(config.method).reduces:
         # The base class's forward: a net patched by patch_vit would otherwise run its setting.
         VisionTransformer.forward(net, x)
         return None
@@ -157,22 +159,21 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
 
 
 def with_reference(configs: Sequence[ATSConfig]) -> list[ATSConfig]:
-    """The full model first, then each other setting once (by repr: settings that differ only
-    in their stages share a label)."""
-    return list({repr(c): c for c in [REFERENCE, *configs]}.values())
+    """The full model first, then each other setting once (by id)."""
+    return list({c.id: c for c in [REFERENCE, *configs]}.values())
 
 
 def table(measured: Sequence[Measured]) -> pd.DataFrame:
     """One row per setting and batch size: CSV_COLUMNS, then the spread (ms per image at the
     first and third quartiles). Speed-up and GFLOPs ratio are over the full model at the same
     batch size, so its rows read 1."""
-    reference = {m.batch: m for m in measured if m.config.method == "full"}
+    reference = {m.batch: m for m in measured if m.config == REFERENCE}
     rows = []
     for m in measured:
         full = reference[m.batch]
-        method = METHODS[m.config.method]
-        rows.append({"setting": m.label, "method": method.name,
-                     "k": "" if method.param is None else format_value(method.value(m.config)),
+        method = get(m.config.method)
+        rows.append({"setting": m.id, "method": method.name,
+                     "value": "" if method.param is None else format_value(m.config.value),
                      "batch": m.batch, "ms_per_image": m.ms_per_image, "images_per_s": m.images_per_s,
                      "gflops": m.gflops, "speedup": full.ms_per_image / m.ms_per_image,
                      "gflops_ratio": full.gflops / m.gflops, "ms_q1": m.ms(0.25), "ms_q3": m.ms(0.75)})

@@ -276,15 +276,6 @@ def read_frames(info: VideoInfo, stride: int = 1, max_frames: int = DEFAULT_MAX_
 # ---------------------------------------------------------------------------- running
 
 
-def _one(res: ATSResult, i: int) -> ATSResult:
-    """Image ``i`` of a batch result as its own batch of one (copies, so the batch can go)."""
-    def take(t: torch.Tensor) -> torch.Tensor:
-        return t[i:i + 1].clone()
-
-    return ATSResult(take(res.logits), take(res.gflops), res.full_gflops, take(res.token_counts),
-                     res.num_prefix, res.grid, res.config, [s.take(i) for s in res.stages])
-
-
 def _jpeg(rgb: np.ndarray) -> bytes:
     _, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
     return buf.tobytes()
@@ -309,7 +300,7 @@ def _run_batch(model: LoadedModel, config: ATSConfig, batch: list[Frame],
             class_changed=previous is not None and top != previous,
         )
         previous = top
-        out.append(FrameResult(row, _one(res, i), _jpeg(model.to_uint8(x[i]))))
+        out.append(FrameResult(row, res.take(i), _jpeg(model.to_uint8(x[i]))))
     return out
 
 
@@ -332,15 +323,20 @@ def stream(model: LoadedModel, info: VideoInfo, config: ATSConfig, stride: int =
 def analyse_video(model: LoadedModel, path: str | Path, config: ATSConfig, stride: int | None = None,
                   max_frames: int = DEFAULT_MAX_FRAMES,
                   progress: Callable[[int, int | None], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> VideoResult:
+                  should_stop: Callable[[], bool] | None = None,
+                  started: Callable[[VideoResult], None] | None = None) -> VideoResult:
     """Run a clip through ATS frame by frame; ``should_stop`` ends early, keeping what is done.
 
     ``progress(done, expected)`` is called after each frame (``expected`` None where the
-    file does not say its length).
+    file does not say its length). ``started(result)`` gets the result before the first
+    frame: it fills as frames are done and reads ``cancelled`` until the last one is, so a
+    caller interrupted from outside (a page's Stop) still holds every finished frame.
     """
     info = probe(path)
     stride, expected = plan(info, stride, max_frames)
-    out = VideoResult(info, stride, config)
+    out = VideoResult(info, stride, config, cancelled=True)
+    if started is not None:
+        started(out)
     frames = stream(model, info, config, stride, max_frames)
     try:
         for fr in frames:
@@ -348,10 +344,10 @@ def analyse_video(model: LoadedModel, path: str | Path, config: ATSConfig, strid
             if progress is not None:
                 progress(len(out.frames), expected)
             if should_stop is not None and should_stop():
-                out.cancelled = True
-                break
+                return out
     finally:
         frames.close()
+    out.cancelled = False
     return out
 
 

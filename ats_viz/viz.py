@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from .ats import sampling_picture
 from .errors import InputError
 from .methods import METHODS
+from .setting import FULL
 from .overlays import stage_overlays
 from .vit import ATSResult, StageTrace
 
@@ -30,6 +31,12 @@ def method_rgb(method: str) -> tuple[int, int, int]:
     """Every figure colours a method the same way (the registry's colour), page to page."""
     m = METHODS.get(method)
     return m.colour if m else OTHER
+
+
+def is_reference(method: str) -> bool:
+    """The unreduced model, drawn as a star (a table's method may be one the registry lacks)."""
+    m = METHODS.get(method)
+    return m is not None and not m.reduces
 
 
 def method_label(method: str) -> str:
@@ -106,13 +113,13 @@ def score_heatmap(stage: StageTrace, grid: tuple[int, int], index: int = 0, evid
 def sampling_figure(stage: StageTrace, index: int = 0) -> go.Figure:
     """How inverse transform sampling chose: the sorted-score CDF, the K points, their picks."""
     present = stage.present_mask[index]
-    pic = sampling_picture(stage.scores[index][present], stage.k)
+    pic = sampling_picture(stage.scores[index][present], stage.value)
     x = np.arange(len(pic.cdf))
     picked = np.unique(pic.picks.numpy())
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=x, y=pic.cdf.numpy(), mode="lines", line_shape="hv", name="normalised CDF",
                              hovertemplate="rank %{x}<br>CDF %{y:.3f}<extra></extra>"))
-    fig.add_trace(go.Scatter(x=pic.picks.numpy(), y=pic.points.numpy(), mode="markers", name=f"{stage.k} sample points",
+    fig.add_trace(go.Scatter(x=pic.picks.numpy(), y=pic.points.numpy(), mode="markers", name=f"{stage.value} sample points",
                              marker=dict(size=5, symbol="line-ew-open", color="gray"),
                              hovertemplate="point %{y:.3f} picks rank %{x}<extra></extra>"))
     fig.add_trace(go.Scatter(x=picked, y=pic.cdf.numpy()[picked], mode="markers", name=f"{len(picked)} token{'s' if len(picked) != 1 else ''} kept",
@@ -233,7 +240,7 @@ def curve_figure(summary: pd.DataFrame, x: str = "gflops_mean") -> go.Figure:
     fig = go.Figure()
     for method, g in summary.groupby("method", sort=False):
         g = g.sort_values(x)
-        full = method == "full"
+        full = is_reference(method)
         hue = method_colour(method)
         fig.add_trace(go.Scatter(
             x=g[x], y=g["top1"] * 100, name=method_label(method), legendgroup=method, mode="markers" if full else "lines+markers",
@@ -263,7 +270,7 @@ def curve_png(summary: pd.DataFrame, path: Path | str, x: str = "gflops_mean") -
     ax = fig.add_subplot()
     for method, g in summary.groupby("method", sort=False):
         g = g.sort_values(x)
-        full = method == "full"
+        full = is_reference(method)
         err = np.stack([(g["top1"] - g["ci_low"]) * 100, (g["ci_high"] - g["top1"]) * 100])
         ax.errorbar(g[x], g["top1"] * 100, yerr=err, label=method_label(method), capsize=3,
                     color=[c / 255 for c in method_rgb(method)],
@@ -286,7 +293,7 @@ def gflops_histogram(per_image: pd.DataFrame, setting: str, full_gflops: float |
     if len(g):
         fig.add_vline(x=float(g["gflops"].mean()), line_dash="dash", annotation_text="mean")
     if full_gflops is not None:
-        fig.add_vline(x=full_gflops, line_color=method_colour("full"),
+        fig.add_vline(x=full_gflops, line_color=method_colour(FULL.method),
                       annotation_text="full model")
     fig.update_layout(xaxis_title="GFLOPs per image", yaxis_title="images", title=setting,
                       showlegend=False, margin=dict(t=40))

@@ -4,7 +4,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ats_viz import ATSConfig, viz
+from ats_viz import viz
+from ats_viz.setting import FULL
 
 settings = ui.sidebar()
 st.title("The tokens of one image, stage by stage")
@@ -20,7 +21,7 @@ if prepared is None:
 x, seen = prepared
 with st.spinner("Running the model..."):
     res = ui.run(loaded, x, settings.config)
-    full = ui.run(loaded, x, ATSConfig(method="full"))
+    full = ui.run(loaded, x, FULL)
 
 total = res.grid[0] * res.grid[1]
 final = int(res.patch_counts[0, -1])
@@ -38,13 +39,13 @@ with right:
     m[2].metric("Saved", f"{1 - gf / full_gf:.1%}", help=f"Full model: {full_gf:.3f} GFLOPs")
     m[3].metric("Top-1", top_ats[0][0], "same as full" if agree else f"full says {top_full[0][0]}",
                 delta_color="normal" if agree else "inverse")
-    st.plotly_chart(viz.tokens_figure({settings.config.label(): res, "full": full}), width="stretch")
+    st.plotly_chart(viz.tokens_figure({settings.config.label(): res, FULL.label(): full}), width="stretch")
 
 speed = ui.measured_speed(loaded, x, [settings.config], "image")
 if speed is not None:
-    mine, ref = speed[settings.config.label()], speed["full"]
+    mine, ref = speed[settings.config.id], speed[FULL.id]
     s = st.columns(4)
-    s[0].metric(f"{mine.label}: measured", f"{mine.ms_per_image:.1f} ms",
+    s[0].metric(f"{settings.config.label()}: measured", f"{mine.ms_per_image:.1f} ms",
                 help=f"Interquartile range {mine.ms(0.25):.1f} to {mine.ms(0.75):.1f} ms")
     s[1].metric("full: measured", f"{ref.ms_per_image:.1f} ms",
                 help=f"Interquartile range {ref.ms(0.25):.1f} to {ref.ms(0.75):.1f} ms")

@@ -7,7 +7,8 @@ import streamlit as st
 import ui
 from ats_viz import ATSConfig, InputError, overlays, viz
 from ats_viz.cost import equal_cost
-from ats_viz.methods import METHODS, REDUCERS, format_value, parse_ladder
+from ats_viz.methods import METHODS, REDUCERS, get, parse_ladder
+from ats_viz.setting import FULL
 
 settings = ui.sidebar()
 st.title("Compare settings and methods")
@@ -22,7 +23,8 @@ x, seen = prepared
 
 mode = st.radio("Compare", ["Budgets", "Methods at equal cost"], horizontal=True, key="compare_mode")
 if mode == "Budgets":
-    method = METHODS[settings.config.method if settings.config.method != "full" else "ats"]
+    # The sidebar's method, or ATS where the sidebar asks for the full model (it has no ladder).
+    method = get(settings.config.method) if get(settings.config.method).param else get(ATSConfig().method)
     ladder = st.text_input(f"{method.param.symbol} values ({method.label})", method.param.ladder,
                            key=f"compare_ladder_{method.name}",
                            help=f"Comma-separated. {method.param.help} Method and stages come from the sidebar.")
@@ -37,27 +39,28 @@ if mode == "Budgets":
 else:
     names = st.multiselect("Methods", list(REDUCERS), default=list(REDUCERS), key="compare_methods",
                            format_func=lambda n: METHODS[n].label)
-    # The reference is ATS as the sidebar sets it (K = all where the sidebar names another method).
-    ats = settings.config if settings.config.method == "ats" else ATSConfig()
+    # The reference is the adaptive method as the sidebar sets it (ATS, K = all, where the
+    # sidebar names a method of fixed rate: those are what gets matched to it).
+    ats = settings.config if get(settings.config.method).adaptive else ATSConfig()
     st.caption(f"Every method is set to land nearest the GFLOPs that **{ats.label()}** spends on this image; "
                "ATS adapts per image, the others have fixed rates. Stages: each method's own.")
     if not ui.check(loaded, [ats]):
         st.stop()
     target = float(ui.run(loaded, x, ats).gflops[0])
-    configs = [ats if n == "ats" else equal_cost(loaded.net, n, target)[0] for n in names]
-    titles = [f"{METHODS[c.method].label} {METHODS[c.method].param.symbol}={format_value(METHODS[c.method].value(c))}"
-              for c in configs]
+    configs = [ats if n == ats.method else equal_cost(loaded.net, n, target)[0] for n in names
+               if n == ats.method or not get(n).adaptive]
+    titles = [cfg.label() for cfg in configs]
     x_title = "method"
 
 if not configs or not ui.check(loaded, configs):
     st.stop()
 with st.spinner(f"Running {len(configs)} settings..."):
     results = [ui.run(loaded, x, cfg) for cfg in configs]
-full = ui.run(loaded, x, ATSConfig(method="full"))
+full = ui.run(loaded, x, FULL)
 
 speed = ui.measured_speed(loaded, x, configs, "compare")
 if speed is not None:
-    st.metric("full: measured", f"{speed['full'].ms_per_image:.1f} ms")
+    st.metric("full: measured", f"{speed[FULL.id].ms_per_image:.1f} ms")
 total = full.grid[0] * full.grid[1]
 rows = []
 for start in range(0, len(results), 5):
@@ -73,10 +76,10 @@ for start in range(0, len(results), 5):
             st.metric("GFLOPs", f"{gf:.3f}", f"{gf / res.full_gflops - 1:+.0%}", delta_color="inverse")
             st.metric("Top-1", top[0], f"{top[1]:.1%}", delta_color="off")
             if speed is not None:
-                m = speed[cfg.label()]
+                m, ref = speed[cfg.id], speed[FULL.id]
                 st.metric("Measured", f"{m.ms_per_image:.1f} ms",
-                          f"{speed['full'].ms_per_image / m.ms_per_image:.2f}x speed-up", delta_color="off",
-                          help=f"GFLOPs ratio {speed['full'].gflops / m.gflops:.2f}x; interquartile range "
+                          f"{ref.ms_per_image / m.ms_per_image:.2f}x speed-up", delta_color="off",
+                          help=f"GFLOPs ratio {ref.gflops / m.gflops:.2f}x; interquartile range "
                                f"{m.ms(0.25):.1f} to {m.ms(0.75):.1f} ms")
         rows.append((title, gf, top[1]))
 

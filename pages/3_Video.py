@@ -80,20 +80,18 @@ if stored is not None and not stored[1].frames:
 if stored is None or stored[0] != key:
     if not st.button("Analyse", type="primary", key="video_go"):
         st.stop()
-    result = vid.VideoResult(info, stride, settings.config, cancelled=True)
-    st.session_state.video_result = (key, result)  # partial results survive a stop
     bar = st.progress(0.0, text="Reading frames...")
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
         with ui.queued():
-            for fr in vid.stream(loaded, info, settings.config, stride, int(max_frames)):
-                result.frames.append(fr)
-                done = len(result.frames)
-                bar.progress(done / expected if expected else 0.0, text=f"{done} of {expected or '?'} frames")
+            vid.analyse_video(loaded, path, settings.config, stride, int(max_frames),
+                              progress=lambda done, _: bar.progress(done / expected if expected else 0.0,
+                                                                    text=f"{done} of {expected or '?'} frames"),
+                              # partial results survive a stop
+                              started=lambda result: st.session_state.update(video_result=(key, result)))
     except InputError as err:
         st.error(str(err))
         st.stop()
-    result.cancelled = False
     st.rerun()
 
 result = stored[1]

@@ -12,13 +12,13 @@ import torch
 import ui
 from ats_viz import InputError, timing, viz
 from ats_viz import evaluate as ev
-from ats_viz.data import Dataset, cache_root, dataset_stamp, extract_zip, heldout_folder, load_dataset
+from ats_viz.data import (Dataset, cache_root, dataset_stamp, extract_zip, heldout_description, heldout_folder,
+                          load_dataset)
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
 from ats_viz.paths import OFF, confine, typed_paths_allowed
 from ats_viz.results import load_results, results_zip
 from ats_viz.stats import summarize
-from ats_viz.synthetic import CLASSES, HELDOUT_PER_CLASS, HELDOUT_SEED
 
 settings = ui.sidebar()
 st.title("Accuracy against GFLOPs over a dataset")
@@ -51,7 +51,7 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
     st.caption("Error bars: 95% Wilson intervals of top-1. Hover a point for its setting, accuracy, GFLOPs and tokens.")
     st.dataframe(summary, hide_index=True, column_config=FORMATS)
     labels = list(summary["setting"])
-    pruned = [s for s in labels if s != "full"] or labels
+    pruned = [s for s, m in zip(labels, summary["method"]) if not viz.is_reference(m)] or labels
     left, right = st.columns(2)
     with left:
         chosen = st.selectbox("GFLOPs per image under", pruned, key="ds_hist_setting")
@@ -101,8 +101,7 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
     if source == "heldout":
         with st.spinner("Writing the held-out set (once)..."):
             folder = heldout_folder()
-        st.caption(f"{len(CLASSES) * HELDOUT_PER_CLASS:,} synthetic shapes images (seed {HELDOUT_SEED}) "
-                   "that the shipped model never trained on.")
+        st.caption(f"{heldout_description()}, which the shipped model never trained on.")
         return folder, None
     if source == "folder":
         if not typed_paths_allowed():
@@ -175,8 +174,8 @@ for col, name in zip(st.columns(max(len(methods), 1)), methods):
 st.caption("Stages come from the sidebar (" + (settings.stages_text or "each method's own") + "). The default "
            "ladders span about the same GFLOPs for every method, so their curves share one axis.")
 try:
-    runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages, int(seed),
-                           settings.config.fuse_token)
+    runs = ev.make_settings({n: parse_ladder(n, t) for n, t in ladders.items()}, settings.config.stages,
+                            seed=int(seed), **ui.sidebar_options())
     dataset = listing(str(chosen[0]), tuple(loaded.class_names), chosen[1], int(subset) or None, int(seed),
                       dataset_stamp(*chosen))
 except InputError as err:
@@ -188,9 +187,10 @@ for note in dataset.notes():
     st.info(note)
 st.markdown(f"**{len(dataset.items):,} images** x **{len(runs)} settings** on {ui.SOURCES.get(loaded.name, loaded.name)}.")
 
-key = hashlib.sha256(json.dumps([model_hash(loaded.net), dataset.fingerprint(),
+# The folder's stamp, not every file's: a rerun (every click) must not stat the whole dataset.
+key = hashlib.sha256(json.dumps([model_hash(loaded.net), dataset_stamp(*chosen), [it.name for it in dataset.items],
                                  [it.target for it in dataset.items],
-                                 [repr(cfg) for cfg in runs]]).encode()).hexdigest()
+                                 [cfg.id for cfg in runs]]).encode()).hexdigest()
 stored = st.session_state.get("ds_run")
 if stored is not None and stored["result"] is None:
     st.info("Stopped while queued, before any image was done. Press Evaluate to queue again.")

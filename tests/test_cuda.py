@@ -1,5 +1,7 @@
 """The engine on a GPU gives what it gives on the CPU (skipped where there is no CUDA)."""
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -26,22 +28,62 @@ def nets():
     return cpu, gpu.cuda()
 
 
+@pytest.fixture(scope="module")
+def blobs():
+    """32 images like conftest's four (noise and one bright square of its own size and place):
+    enough that "nearly all images" is a count, not a quarter of four."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 3, 224, 224, generator=g) * 0.3
+    for i in range(len(x)):
+        r = int(torch.randint(16, 120, (1,), generator=g))
+        top, left = (int(v) for v in torch.randint(0, 224 - r, (2,), generator=g))
+        x[i, :, top:top + r, left:left + r] += 2.0
+    return x
+
+
+# How ATS may differ between two devices, and why. The scores agree to the last bits only, so
+# a sample point lying within that distance of the midpoint between two neighbouring CDF values
+# goes to the other neighbour. One moved point changes its stage's kept set by one token (one
+# more, one fewer, or another in its place): that stage's count by at most 1. The stages after
+# it see other tokens, so their scores move by more than the last bits and their counts may
+# drift a little further, and the logits and top-1 are no longer bound. Such near ties are
+# rare: with the 98 points of K = 0.5 at each of 9 stages, about 1 image in 80 meets one
+# (measured on the CPU, float32 against float64, which differ about as two devices do: 4 of 340
+# images, 1 of conftest's 4; drift at most 3 tokens at K = 0.5, 4 at K = all). So at most
+# MOVED_SHARE of the images may meet one, no count may drift by more than MAX_DRIFT, and every
+# other image keeps exactly the same counts, logits (to 1e-3), top-1 and GFLOPs.
+MOVED_SHARE = 1 / 8  # 4 of 32 where about 0.4 are expected; a fault moves most images
+MAX_DRIFT = 6  # tokens, at any block
+
+
+def assert_same_sampling(a, b):
+    """``a`` and ``b``: one ATS batch run on two devices (``b`` already on the CPU)."""
+    differ = a.token_counts != b.token_counts  # B x blocks
+    moved = differ.any(dim=1)
+    print(f"ATS: {int(moved.sum())} of {len(moved)} images met a near tie")
+    assert int(moved.sum()) <= MOVED_SHARE * len(moved), (a.token_counts[moved], b.token_counts[moved])
+    gap = (a.token_counts - b.token_counts).abs()
+    worst = int(gap.max(dim=1).values.argmax())
+    assert gap.max() <= MAX_DRIFT, (a.token_counts[worst], b.token_counts[worst])
+    same = ~moved
+    assert torch.equal(a.logits[same].argmax(1), b.logits[same].argmax(1))
+    assert torch.allclose(a.logits[same], b.logits[same], atol=1e-3), (a.logits[same] - b.logits[same]).abs().max()
+    assert torch.allclose(a.gflops[same], b.gflops[same])
+
+
 @pytest.mark.parametrize("config", SETTINGS, ids=lambda c: c.label())
-def test_cuda_equals_cpu(nets, images, config):
+def test_cuda_equals_cpu(nets, images, blobs, config):
     cpu, gpu = nets
+    if config.method == "ats":
+        a, b = run_ats(cpu, blobs, config), run_ats(gpu, blobs.cuda(), config)
+        assert_same_sampling(a, dataclasses.replace(b, logits=b.logits.cpu(), token_counts=b.token_counts.cpu(),
+                                                    gflops=b.gflops.cpu()))
+        return
     a = run_ats(cpu, images, config)
     b = run_ats(gpu, images.cuda(), config)
-    if config.method == "ats":
-        # Scores differ in the last bits between devices, so a point exactly between two CDF
-        # values may pick the other: count such images rather than demand none.
-        same = (a.token_counts == b.token_counts.cpu()).all(dim=1)
-        print(f"ATS: {int(same.sum())} of {len(same)} images keep the same counts on both devices")
-        assert same.float().mean() >= 0.75
-        a_logits, b_logits = a.logits[same], b.logits.cpu()[same]
-    else:
-        assert torch.equal(a.token_counts, b.token_counts.cpu())
-        a_logits, b_logits = a.logits, b.logits.cpu()
-    assert torch.allclose(a_logits, b_logits, atol=1e-3), (a_logits - b_logits).abs().max()
+    # The other methods keep a fixed number of tokens: the counts are the same by construction.
+    assert torch.equal(a.token_counts, b.token_counts.cpu())
+    assert torch.allclose(a.logits, b.logits.cpu(), atol=1e-3), (a.logits - b.logits.cpu()).abs().max()
     assert torch.allclose(a.gflops, b.gflops.cpu())
 
 

@@ -43,7 +43,7 @@ def test_sweep_equals_a_plain_loop_of_run_ats(model, folder):
     table = res.per_image()
     assert len(table) == len(ds.items) * len(settings)
     for cfg in settings:
-        rows = table[table["setting"] == cfg.label()].set_index("image")
+        rows = table[table["setting"] == cfg.id].set_index("image")
         hits, flops = 0, []
         for item in ds.items:
             one = run_ats(model.net, model.prepare(read_image(item.path.read_bytes())), cfg)
@@ -52,7 +52,7 @@ def test_sweep_equals_a_plain_loop_of_run_ats(model, folder):
             assert int(one.patch_counts[0, -1]) == row["tokens_final"]
             hits += int(one.logits.argmax()) == item.target
             flops.append(float(one.gflops[0]))
-        summary = res.summary().set_index("setting").loc[cfg.label()]
+        summary = res.summary().set_index("setting").loc[cfg.id]
         assert summary["top1"] == hits / len(ds.items)
         assert summary["gflops_mean"] == pytest.approx(np.mean(flops), rel=1e-12)
 
@@ -64,7 +64,7 @@ def test_a_setting_has_one_colour_in_every_sweep_figure(model, folder):
     settings = [ATSConfig(method="full"), ATSConfig(k=147), ATSConfig(k=49), ATSConfig(k=98, method="topk")]
     res = run_sweep(model, ds, settings, batch=4, cache=None)
     table, summary = res.per_image(), res.summary()
-    labels = [c.label() for c in settings]
+    labels = [c.id for c in settings]
     curve = {}
     for trace in viz.curve_figure(summary).data:  # one trace per method, its points by GFLOPs
         points = summary[summary["method"] == trace.legendgroup].sort_values("gflops_mean")["setting"]
@@ -101,7 +101,7 @@ def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
     ds = load_dataset(data, model.class_names)
     settings = make_settings({"ats": [98], "topk": [98]})
     first = run_sweep(model, ds, settings, batch=4, cache=cache)
-    assert first.computed == [c.label() for c in settings]
+    assert first.computed == [c.id for c in settings]
 
     seen = []
     again = run_sweep(model, ds, settings, batch=4, cache=cache, progress=seen.append)
@@ -124,7 +124,7 @@ def test_cache_is_reused_widened_and_invalidated(model, tmp_path):
     victim.write_bytes(_png(99))
     os.utime(victim, ns=(victim.stat().st_atime_ns, victim.stat().st_mtime_ns + 10**9))
     changed = run_sweep(model, load_dataset(data, model.class_names), wider, batch=4, cache=cache)
-    assert changed.computed == [c.label() for c in wider]
+    assert changed.computed == [c.id for c in wider]
 
 
 def test_a_cache_file_that_cannot_be_used_is_recomputed_and_logged_once(model, tmp_path, caplog):
@@ -375,4 +375,4 @@ def test_settings_text_reads_the_same_everywhere():
     assert "run backwards" in _refusal(parse_stages, "11-3")
     assert parse_stages("3-5, 9") == (3, 4, 5, 9)
     assert parse_ladder("topk", "all, 1.0, 1") == [None, 1.0] and parse_ladder("ats", "1") == [1]
-    assert ATSConfig(k=1.0).label() == "ats K=1.0" and ATSConfig(k=None).label() == "ats K=all"
+    assert ATSConfig(k=1.0).id == "ats K=1.0" and ATSConfig(k=None).id == "ats K=all"

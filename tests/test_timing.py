@@ -27,12 +27,12 @@ def test_benchmark_command_writes_the_promised_table(folder, tmp_path, capsys):
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["benchmark.csv", "benchmark.html", "benchmark.png"]
     table = pd.read_csv(out / "benchmark.csv", keep_default_na=False)
-    assert list(table.columns) == ["setting", "method", "k", "batch", "ms_per_image", "images_per_s", "gflops",
+    assert list(table.columns) == ["setting", "method", "value", "batch", "ms_per_image", "images_per_s", "gflops",
                                    "speedup", "gflops_ratio"]
     settings = ["full", "ats K=all", "ats K=0.5", "topk K=all", "topk K=0.5"]
     for batch in (1, 3):  # every setting at every batch size
         assert list(table.loc[table["batch"] == batch, "setting"]) == settings
-    assert list(table["k"][:5]) == ["", "all", "0.5", "all", "0.5"]
+    assert list(table["value"][:5]) == ["", "all", "0.5", "all", "0.5"]
     full = table[table["method"] == "full"]
     assert list(full["speedup"]) == [1.0, 1.0] and list(full["gflops_ratio"]) == [1.0, 1.0]
     assert (table["images_per_s"] * table["ms_per_image"]).round(6).eq(1000).all()
@@ -57,7 +57,7 @@ def test_gflops_are_run_ats_on_the_same_images(deit_tiny, images):
     assert table["gflops"][0] == pytest.approx(full.full_gflops)
     for cfg, row in zip(configs, table.iloc[1:].itertuples()):
         res = run_ats(deit_tiny, images, cfg)
-        assert row.setting == cfg.label()
+        assert row.setting == cfg.id
         assert row.gflops == pytest.approx(float(res.gflops.mean()))
         assert row.gflops_ratio == pytest.approx(full.full_gflops / float(res.gflops.mean()))
     assert table["gflops"][1] != pytest.approx(float(run_ats(deit_tiny, images[:2]).gflops.mean()))  # images differ
@@ -70,7 +70,7 @@ def test_repetitions_interleave_settings_and_warm_up_is_not_counted(monkeypatch,
     cost = {"full": 4.0, "ats": 2.0, "topk": 3.0}
 
     def fake_run(net, x, cfg):
-        log.append(cfg.label())
+        log.append(cfg.id)
         warm = len(log) <= 2 * 3
         now[0] += 100.0 if warm else cost[cfg.method]  # warm-up runs are slow: they must not count
         return None if cfg.method == "full" else torch.full((x.shape[0],), cost[cfg.method])
@@ -80,7 +80,7 @@ def test_repetitions_interleave_settings_and_warm_up_is_not_counted(monkeypatch,
     x = torch.zeros(2, 3, 224, 224)
     measured = timing.time_settings(model.net, [x], [ATSConfig(), ATSConfig(method="topk")], warmup=2, repeats=5)
     labels = ["full", "ats K=all", "topk K=all"]
-    assert [m.label for m in measured] == labels  # the reference first
+    assert [m.id for m in measured] == labels  # the reference first
     rounds = [log[i:i + 3] for i in range(0, len(log), 3)]
     assert len(rounds) == 7 and all(sorted(r) == sorted(labels) for r in rounds)  # each round runs each setting once
     assert len({r[0] for r in rounds}) == 3  # and no setting always goes first
@@ -180,7 +180,7 @@ def test_image_page_times_only_when_asked(monkeypatch, model):
     assert not at.exception, at.exception
     assert len(calls) == 1
     shown = {m.label: m.value for m in at.metric}
-    assert shown["ats K=all: measured"].endswith(" ms") and shown["full: measured"].endswith(" ms")
+    assert shown["ATS K=all: measured"].endswith(" ms") and shown["full: measured"].endswith(" ms")
     data = (ASSETS / "samples" / at.selectbox(key="image_sample").value).read_bytes()
     res = run_ats(model.net, model.prepare(read_image(data)), ATSConfig())
     assert shown["GFLOPs ratio"] == f"{res.full_gflops / float(res.gflops[0]):.2f}x"

@@ -47,6 +47,8 @@ def _r(text: str) -> Value:
     schedule with inflection -0.5 (more merging in the last blocks)."""
     def one(s: str) -> Value:
         s = s.strip()
+        if s in ("", "default"):
+            return None
         if ":" in s:
             r, inflection = s.split(":", 1)
             return Inflected(one(r), float(number(inflection, "The inflection", "write r:inflection, such as 13:-0.5")))
@@ -61,7 +63,7 @@ class ToMe(Reducer):
     name, label, colour = "tome", "ToMe", (148, 103, 189)
     param = Param("r", "r", _r, "8,12,15,17",
                   "Tokens merged in each block (13 halves DeiT-S's 197 tokens to 41), one value per stage, "
-                  "or ToMe's schedule r:inflection (13:-0.5 merges more in the last blocks).")
+                  "or ToMe's schedule r:inflection (13:-0.5 merges more in the last blocks).", default=13)
     where = Where.TOKENS
     evidence = "similarity"
     groups = True
