@@ -28,7 +28,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from ats_viz import ATSConfig, ats, run_ats, vit
+from ats_viz import ATSConfig, run_ats
+from ats_viz.methods import METHODS
 
 
 def sharpen(net: torch.nn.Module, factor: float) -> None:
@@ -89,7 +90,8 @@ def selection_share(net: torch.nn.Module, x: torch.Tensor, cfg: ATSConfig, reps:
             return out
         return inner
 
-    names = [(vit, "_cls_attention"), (ats, "significance_scores"), (ats, "ats_select")]
+    # ATS's reducer does all of it: the class token's attention row, the scores, the selection.
+    names = [(METHODS["ats"], "select")]
     originals = [getattr(mod, name) for mod, name in names]
     for (mod, name), fn in zip(names, originals):
         setattr(mod, name, clock(fn))

@@ -48,7 +48,7 @@ def bench(model: LoadedModel, ds: Dataset, batch: int, device: str) -> None:
     warm = Dataset(ds.root, ds.items[:2], ds.class_names, 2)
     timed(model, warm, settings, batch, device)  # first-call costs (FLOP probe, allocator) out of the way
     sweep = timed(model, ds, settings, batch, device)
-    singles = {cfg.label(): timed(model, ds, [cfg], batch, device) for cfg in settings}
+    singles = {cfg.id: timed(model, ds, [cfg], batch, device) for cfg in settings}
     single = sum(singles.values()) / m
     print(f"\n{model.name}: {n} images, batch {batch}, {device}, M = {m} settings")
     for label, t in singles.items():

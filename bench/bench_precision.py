@@ -44,7 +44,7 @@ def main() -> None:
     ds = load_dataset(heldout_folder(), CLASSES, subset=args.images, seed=0)
     x_all = torch.stack([model.transform(read_image(it.path.read_bytes(), it.name)) for it in ds.items])
     # per (precision, setting): images moved at a stage, final count changed, last-stage IoU summed, top-1 agreed, n
-    counts = {(p, c.label()): [0, 0, 0.0, 0, 0] for p in precisions for c in SETTINGS}
+    counts = {(p, c.id): [0, 0, 0.0, 0, 0] for p in precisions for c in SETTINGS}
     seconds = dict.fromkeys(["fp32", *precisions], 0.0)
     with torch.inference_mode():
         for start in range(0, len(x_all), args.batch):
@@ -58,7 +58,7 @@ def main() -> None:
                     low = sweep_batch(net, x, SETTINGS)
                 seconds[p] += time.perf_counter() - t0
                 for cfg, a, b in zip(SETTINGS, ref, low):
-                    tally = counts[(p, cfg.label())]
+                    tally = counts[(p, cfg.id)]
                     moved = torch.zeros(len(x), dtype=torch.bool)
                     for sa, sb in zip(a.stages, b.stages):  # where each patch went, stage by stage
                         moved |= (sa.groups != sb.groups).any(dim=1)
