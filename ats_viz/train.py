@@ -24,7 +24,8 @@ from torch import nn
 from . import synthetic
 from .arch import MEAN, STD, ModelSpec
 from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED
-from .vit import ATSConfig, run_ats
+from .setting import FULL, ATSConfig
+from .vit import run_ats
 
 
 def shapes_spec(width: int = 96, depth: int = 12, heads: int = 3) -> ModelSpec:
@@ -87,7 +88,7 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
         return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
     loader = torch.utils.data.DataLoader(_Batches(recipe, 0), batch_size=None, num_workers=1)
-    config = ATSConfig() if recipe.ats else ATSConfig(method="full")
+    config = ATSConfig() if recipe.ats else FULL
     net.train()
     t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
     for step, (x, y) in enumerate(loader):
@@ -136,11 +137,11 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
     flops = {"full": 0.0, "ats": 0.0}
     n, first, last = 0, 0, 0
     for x, y in heldout_batches(per_class or HELDOUT_PER_CLASS, seed):
-        for key, cfg in (("full", ATSConfig(method="full")), ("ats", ATSConfig())):
+        for key, cfg in (("full", FULL), ("ats", ATSConfig())):
             res = run_ats(net, x, cfg)
             hits[key] += int((res.logits.argmax(1) == y).sum())
             flops[key] += float(res.gflops.sum())
-            if key == "ats":
+            if res.stages:  # ATS's, the full model has none
                 first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
                 last += int(res.patch_counts[:, -1].sum())
         n += len(y)

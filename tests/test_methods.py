@@ -109,3 +109,19 @@ def test_unknown_methods_are_refused_everywhere():
                  lambda: methods.parse_methods("ats,tomato"), lambda: from_text("tomato")):
         with pytest.raises(InputError, match="tomato"):
             call()
+
+
+def test_nothing_outside_the_methods_compares_a_methods_name():
+    """The registry is the one place that knows a method by name: code that tests a name
+    instead of asking the reducer breaks when a method is added (as PiToMe was)."""
+    import re
+
+    from conftest import ROOT
+
+    names = "|".join(METHODS)
+    compare = re.compile(rf"""(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)|in\s*\(\s*["']({names})["']""")
+    files = [p for p in (ROOT / "ats_viz").glob("*.py")] + [ROOT / "ui.py", ROOT / "app.py"] + \
+        list((ROOT / "pages").glob("*.py"))
+    found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files
+             for i, line in enumerate(p.read_text().splitlines(), 1) if compare.search(line)]
+    assert not found, found
