@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, Union
 
 from torch import Tensor
 
@@ -19,9 +19,16 @@ from ..errors import InputError
 
 if TYPE_CHECKING:
     from ..merge import Reduced
-    from ..setting import ATSConfig
 
 Value = Union[None, int, float, tuple, list, Any]
+
+
+class ATSConfig(Protocol):
+    """What a reducer reads of a setting (``setting.ATSConfig``, which knows the registry, so it
+    is named here by its shape): the method, the stages, and its own fields by name."""
+
+    method: str
+    stages: tuple[int, ...] | None
 
 
 class Where(enum.Enum):
