@@ -98,19 +98,53 @@ def _load_embedded(name: str) -> LoadedModel:
     return wrap_net(net, name, card["classes"], card)
 
 
+def _fetch_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the weights could not be fetched (no network, the hub refused,
+    not in the cache), and nothing else. huggingface_hub's (LocalEntryNotFoundError, which is
+    what an offline machine with no cached copy gets, OfflineModeIsEnabled, HfHubHTTPError),
+    requests' and urllib's (torch.hub's downloads) are all OSErrors, as are ConnectionError
+    and TimeoutError; httpx's transport errors (the client of huggingface_hub >= 1, published
+    as httpx or httpx2) and a bare EntryNotFoundError are not, so they are named."""
+    found: list[type[BaseException]] = [OSError]
+    try:
+        from huggingface_hub import errors as hf_errors
+    except ImportError:  # pragma: no cover - timm's hub support needs it, but it is optional there
+        pass
+    else:
+        found += [c for c in (getattr(hf_errors, "EntryNotFoundError", None),
+                              getattr(hf_errors, "LocalEntryNotFoundError", None)) if isinstance(c, type)]
+    for module in ("httpx", "httpx2"):
+        try:
+            found.append(__import__(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
 def _load_timm(model_name: str, pretrained_file: str | None = None) -> LoadedModel:
     if model_name not in timm.list_models():
         raise InputError(f"timm has no model named '{model_name}'. Try deit_small_patch16_224.")
-    overlay = {"file": str(pretrained_file)} if pretrained_file else None
+    if pretrained_file:
+        path = Path(pretrained_file).expanduser()
+        if not path.is_file():
+            raise InputError(f"No weights file at '{path}'.")
+        if path.suffix in (".safetensors", ".pth", ".pt", ".bin"):
+            read_state_dict(path)  # an empty, cut or pickled file: its own sentence, before timm reads it
+        overlay: dict[str, str] | None = {"file": str(path)}
+    else:
+        if not timm.list_models(model_name, pretrained=True):
+            raise InputError(f"timm has no pretrained weights for '{model_name}'. Load a checkpoint "
+                             f"file with the architecture '{model_name}', or try deit_small_patch16_224.")
+        overlay = None
     try:
         net = timm.create_model(model_name, pretrained=True, pretrained_cfg_overlay=overlay)
-    except Exception as err:  # noqa: BLE001 - any failure to fetch weights means the same to a user
+    except _fetch_errors() as err:  # only a failed download or read; a bug or an API change propagates
         raise InputError(
             f"Could not get the pretrained weights of '{model_name}' ({type(err).__name__}: "
             f"{str(err).splitlines()[0][:200] if str(err) else 'no detail'}). Without a network, "
             "download them elsewhere (for example model.safetensors from huggingface.co/timm/"
             f"{model_name}...) and load that file with the architecture '{model_name}'."
-        ) from None
+        ) from err
     return wrap_net(net, f"timm:{model_name}")
 
 

@@ -255,7 +255,20 @@ def test_video_page_analyses_an_uploaded_clip(server, page, tmp_path):
     shot(page, "video")
 
 
-def test_dataset_page_draws_the_curve_of_a_small_set(server, page):
+def curve_points(model, folder: Path, configs: dict[str, ATSConfig]) -> dict[str, tuple[float, float]]:
+    """(mean GFLOPs, top-1 %) of each setting on an ImageFolder, as the library computes them."""
+    files = sorted(folder.glob("*/*.png"))
+    x = torch.cat([model.prepare(read_image(f.read_bytes())) for f in files])
+    y = torch.tensor([model.class_names.index(f.parent.name) for f in files])
+    points = {}
+    with torch.no_grad():
+        for key, config in configs.items():
+            res = run_ats(model.net, x, config)
+            points[key] = (float(res.gflops.mean()), float((res.logits.argmax(1) == y).double().mean() * 100))
+    return points
+
+
+def test_dataset_page_draws_the_curve_of_a_small_set(server, page, model):
     if not (ROOT / "pages" / "4_Dataset.py").exists():
         pytest.skip("pages/4_Dataset.py is not there yet")
     url, tmp = server
@@ -273,9 +286,21 @@ def test_dataset_page_draws_the_curve_of_a_small_set(server, page):
     settle(page)
     page.get_by_role("button", name="Evaluate").click()
     page.get_by_text("Done:", exact=False).first.wait_for(timeout=SLOW_MS)
-    page.locator('[data-testid="stPlotlyChart"]').first.locator(".main-svg").first.wait_for()
+    # The curve, found by its axis title (the per-class chart also plots top-1).
+    curve = page.locator('[data-testid="stPlotlyChart"]').filter(has_text="mean GFLOPs per image").first
+    curve.locator(".main-svg").first.wait_for()
     settle(page)
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 1
+    # What the user reads off the curve: each method's points, as plotted (plotly's own decoded data).
+    plotted = {t["group"]: list(zip(t["x"], t["y"])) for t in curve.locator(".js-plotly-plot").first.evaluate(
+        "gd => gd._fullData.map(t => ({group: t.legendgroup, x: Array.from(t.x), y: Array.from(t.y)}))")}
+    assert {"full", "ats"} <= set(plotted), plotted
+    want = curve_points(model, folder, {"full": ATSConfig(method="full"), "ats": ATSConfig(k=98)})
+    for key in ("full", "ats"):  # one point each: the full model, and the one-value K ladder typed above
+        assert len(plotted[key]) == 1, plotted
+        (gflops, top1), = plotted[key]
+        assert gflops == pytest.approx(want[key][0], rel=1e-6) and top1 == pytest.approx(want[key][1], abs=1e-6), \
+            (key, plotted[key], want[key])
+    assert plotted["ats"][0][0] < plotted["full"][0][0]  # ATS spends less than the full model
     no_exception_box(page)
     shot(page, "dataset")
 

@@ -48,10 +48,10 @@ def blobs():
 # it see other tokens, so their scores move by more than the last bits and their counts may
 # drift a little further, and the logits and top-1 are no longer bound. Such near ties are
 # rare: with the 98 points of K = 0.5 at each of 9 stages, about 1 image in 80 meets one
-# (measured on the CPU, float32 against float64, which differ about as two devices do: 4 of 340
-# images, 1 of conftest's 4; drift at most 3 tokens at K = 0.5, 4 at K = all). So at most
-# MOVED_SHARE of the images may meet one, no count may drift by more than MAX_DRIFT, and every
-# other image keeps exactly the same counts, logits (to 1e-3), top-1 and GFLOPs.
+# (measured on the CPU, float32 against float64, which differ in the last bits as two devices
+# do: 4 of 340 images, 1 of conftest's 4; drift at most 3 tokens at K = 0.5, 4 at K = all).
+# So at most MOVED_SHARE of the images may meet one, no count may drift by more than
+# MAX_DRIFT, and every other image keeps exactly its counts, logits (to 1e-3), top-1 and GFLOPs.
 MOVED_SHARE = 1 / 8  # 4 of 32 where about 0.4 are expected; a fault moves most images
 MAX_DRIFT = 6  # tokens, at any block
 

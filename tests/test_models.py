@@ -65,12 +65,46 @@ def test_timm_pretrained_path_with_a_local_file(tiny_weights):
 
 
 def test_timm_without_network_says_what_to_do(monkeypatch, tmp_path):
+    """Offline with nothing cached, huggingface_hub raises LocalEntryNotFoundError (an OSError,
+    its cause OfflineModeIsEnabled): that, and only that kind, becomes the sentence, chained."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     monkeypatch.setattr(hf, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path))
-    with pytest.raises(InputError, match="Could not get the pretrained weights of 'deit_tiny_patch16_224'"):
+    with pytest.raises(InputError, match="Could not get the pretrained weights of 'deit_tiny_patch16_224'") as got:
         load_model("timm:deit_tiny_patch16_224")
+    assert "Without a network" in str(got.value) and "LocalEntryNotFoundError" in str(got.value)
+    assert isinstance(got.value.__cause__, LocalEntryNotFoundError)  # the original error, not hidden
     with pytest.raises(InputError, match="timm has no model named 'no_such_vit'"):
         load_model("timm:no_such_vit")
+    with pytest.raises(InputError, match="timm has no pretrained weights for 'vit_small_patch16_18x2_224'"):
+        load_model("timm:vit_small_patch16_18x2_224")
+    with pytest.raises(InputError, match="No weights file at"):
+        load_model("timm:deit_tiny_patch16_224", pretrained_file=str(tmp_path / "nowhere.safetensors"))
+
+
+def _raising(err):
+    def create_model(*args, **kwargs):
+        raise err
+    return create_model
+
+
+@pytest.mark.parametrize("err", [ConnectionError("connection refused"), TimeoutError("timed out"),
+                                 OSError("No space left on device")], ids=type)
+def test_a_failed_download_gets_the_sentence_chained_to_its_cause(monkeypatch, err):
+    monkeypatch.setattr(timm, "create_model", _raising(err))
+    with pytest.raises(InputError, match="Without a network") as got:
+        load_model("timm:deit_tiny_patch16_224")
+    assert got.value.__cause__ is err
+
+
+@pytest.mark.parametrize("err", [TypeError("create_model() got an unexpected keyword argument 'pretrained_cfg_overlay'"),
+                                 KeyError("hf_hub_id"), RuntimeError("size mismatch for head.weight")], ids=type)
+def test_a_bug_or_an_api_change_is_not_called_a_network_problem(monkeypatch, err):
+    monkeypatch.setattr(timm, "create_model", _raising(err))
+    with pytest.raises(type(err)) as got:
+        load_model("timm:deit_tiny_patch16_224")
+    assert got.value is err and not isinstance(got.value, InputError)
 
 
 @pytest.mark.parametrize("name", ["tiny.safetensors", "tiny.pth"])
