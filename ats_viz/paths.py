@@ -5,6 +5,12 @@ folders separated by ``os.pathsep``: only inside them, judged after symlinks and
 resolved, so a link or '../..' cannot step out. Set but empty: no typed path at all (uploads
 only). Nothing is opened to decide: resolving reads links and directories, never a file's
 contents. The command line never asks: it runs as the person typing.
+
+One rule for links, :func:`within`: a path counts as inside a folder only once resolved
+(links and '..'), and then only if it lies in the folder, also resolved. It decides a typed
+path against the roots (:func:`confine`) and what is found inside a folder that was opened
+against that folder: a dataset's class folders and images (``data``), a results folder's
+files (``results``). What lies outside is never listed, named in a message or read.
 """
 
 from __future__ import annotations
@@ -32,6 +38,17 @@ def typed_paths_allowed() -> bool:
     return roots is None or bool(roots)
 
 
+def within(path: str | Path, folder: str | Path) -> Path | None:
+    """``path`` resolved, if it lies inside ``folder`` (resolved too); else None, also for a
+    loop of links. Nothing is opened: resolving reads links and directories only."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+        base = Path(folder).expanduser().resolve()
+    except (OSError, RuntimeError):  # a loop of links (RuntimeError before Python 3.13)
+        return None
+    return resolved if resolved.is_relative_to(base) else None
+
+
 def confine(path: str | Path) -> Path:
     """``path`` as it may be read: resolved and inside an allowed root, or an InputError naming the
     roots. Unconfined, it is only expanded ('~'), so the app behaves as it always has."""
@@ -41,9 +58,10 @@ def confine(path: str | Path) -> Path:
         return given
     if not roots:
         raise InputError(OFF)
-    resolved = given.resolve()
-    if any(resolved.is_relative_to(root) for root in roots):
-        return resolved
+    for root in roots:
+        resolved = within(given, root)
+        if resolved is not None:
+            return resolved
     names = ", ".join(f"'{r}'" for r in roots)
     raise InputError(f"'{path}' is outside the folders this server may read ({names}). "
                      "Give a path inside one of them, or upload the files instead.")
