@@ -26,10 +26,9 @@ def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
     norms = torch.linalg.vector_norm(v, dim=tuple(range(2, v.ndim)))
     raw = torch.where(valid, cls_attn.sum(dim=1) * norms, 0.0)
     total = raw.sum(dim=-1, keepdim=True)
-    if bool((total > 0).all()):
-        return raw / total
-    # An image whose patches all score 0 (possible only with degenerate weights) is
-    # treated as uniform, so sampling still has a CDF to walk.
+    # An image whose patches all score 0 (possible only with degenerate weights) is treated as
+    # uniform, so sampling still has a CDF to walk. Both computed, no branch: asking the device
+    # which images those are would stall it.
     uniform = valid / valid.sum(dim=-1, keepdim=True).clamp(min=1)
     return torch.where(total > 0, raw / total.clamp(min=torch.finfo(raw.dtype).tiny), uniform)
 
@@ -144,17 +143,19 @@ def topk_select(scores: Tensor, valid: Tensor, k: int) -> Tensor:
     return kept & valid
 
 
-def random_keys(num_patches: int, seed: int, stage: int) -> Tensor:
-    """A fixed random ranking of the original patch grid for one stage.
+@lru_cache(maxsize=256)
+def random_keys(num_patches: int, seed: int, stage: int, device: torch.device | str = "cpu") -> Tensor:
+    """A fixed random ranking of the original patch grid for one stage, kept on ``device``
+    (drawn on the CPU once, so a run never waits on a copy to the device).
 
     Ranking original positions (rather than drawing per batch row) makes random selection
     independent of batch composition: an image keeps the same tokens alone or in a batch.
     """
     gen = torch.Generator().manual_seed(seed * 100_003 + stage)
-    return torch.rand(num_patches, generator=gen)
+    return torch.rand(num_patches, generator=gen).to(device)
 
 
 def random_select(positions: Tensor, valid: Tensor, k: int, keys: Tensor) -> Tensor:
     """Keep K random present tokens per image; positions (B x P) index the original grid."""
-    ranked = keys.to(positions.device)[positions.clamp(min=0)]
+    ranked = keys[positions.clamp(min=0)]
     return topk_select(ranked, valid, k)

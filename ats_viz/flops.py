@@ -45,8 +45,13 @@ def embed_macs(net: nn.Module, height: int, width: int) -> int:
         p = next(net.patch_embed.parameters())
         probe = torch.zeros(1, 3, height, width, dtype=p.dtype, device=p.device)
         counter = FlopCounterMode(display=False)
-        with torch.no_grad(), counter:
-            net.patch_embed(probe)
+        training = net.patch_embed.training
+        net.patch_embed.eval()  # in training a stem's batch norm would learn from the probe
+        try:
+            with torch.no_grad(), counter:
+                net.patch_embed(probe)
+        finally:
+            net.patch_embed.train(training)
         cache[(height, width)] = counter.get_total_flops() // 2  # the counter reports 2 per MAC
     return cache[(height, width)]
 

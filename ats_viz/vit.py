@@ -198,6 +198,9 @@ class TokenState:
     num_patches: int  # of the original input
     grid: tuple[int, int]
     image_hw: tuple[int, int]
+    # Some image has fewer tokens than the widest (ATS in a batch). Known on the host, so no
+    # block has to ask the device whether ``valid`` is all true.
+    padded: bool = False
 
 
 def embed(net: VisionTransformer, images: Tensor) -> TokenState:
@@ -225,7 +228,7 @@ def _attention_inputs(blk: Block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _key_mask(state: TokenState, npre: int) -> Tensor | None:
     """Padded keys masked out (B x 1 x 1 x N); None with no padding, where this is timm exactly."""
-    if bool(state.valid.all()):
+    if not state.padded:
         return None
     keys = torch.cat([state.valid.new_ones(state.valid.shape[0], npre), state.valid], dim=1)
     return keys[:, None, None, :]
@@ -240,27 +243,34 @@ def _attention_bias(mask: Tensor | None, size: Tensor | None) -> Tensor | None:
     return bias if mask is None else bias.masked_fill(~mask, float("-inf"))
 
 
-def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Tensor | None,
+def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Tensor | None, count: int | None,
                npre: int) -> tuple[Tensor, Tensor, Tensor]:
     """The kept query rows and tokens; the state's positions, padding and count follow.
 
     ``index`` (one unpadded image): the kept rows in grid order, with no padding to make or
-    mask. Otherwise kept tokens first (stable, so they stay in grid order), padded to the
-    batch's largest set."""
+    mask. Otherwise kept tokens first (stable, so they stay in grid order): ``count`` tokens
+    each where the method's rule says how many (nothing read back from the device), else
+    padded to the batch's largest set, read back once."""
     if index is not None:
         rows = torch.cat([torch.arange(npre), index + npre])
         state.pos = state.pos.index_select(1, index)
         state.valid = state.valid.new_ones(1, len(index))
         return q.index_select(2, rows), x.index_select(1, rows), torch.tensor([len(index)])
     b = x.shape[0]
-    n_kept = kept.sum(dim=1)
-    width = int(n_kept.max())
+    if count is not None:
+        n_kept, width = torch.full((b,), count), count
+        state.valid = state.valid.new_ones(b, width)
+    else:
+        n_kept = kept.sum(dim=1).cpu()  # the stage's one read-back
+        width = int(n_kept.max())
+        state.padded = bool((n_kept < width).any())
     order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
     rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
     # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
     batch = torch.arange(b, device=x.device)[:, None]
     state.pos = state.pos[batch, order]
-    state.valid = torch.arange(width, device=x.device) < n_kept[:, None]
+    if count is None:
+        state.valid = torch.arange(width, device=x.device) < n_kept.to(x.device)[:, None]
     return q[batch, :, rows].transpose(1, 2), x[batch, rows], n_kept
 
 
@@ -284,7 +294,8 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
             sel = reducer.select(inp, value, config)
         rows = sel.index if sel.index is not None or not inp.single else sel.kept[0].nonzero()[:, 0]
         state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
-        q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, npre)
+        count = reducer.tokens_out(state.valid.shape[1], value, config)  # None: the images decide
+        q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, count, npre)
 
     size = state.size if reducer.proportional else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),
@@ -300,11 +311,11 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         b, p = x.shape[0], x.shape[1] - npre
         state.valid = state.valid.new_ones(b, p)
         state.pos = torch.arange(p, device=x.device).expand(b, p)  # not grid positions: merged tokens hold several
-        n_kept = torch.full((b,), p, dtype=torch.long)
+        n_kept = torch.full((b,), p)
 
     state.x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
     # Counts change only where a stage reduces; elsewhere the previous tensor is reused.
-    state.counts.append(state.counts[-1] if n_kept is None else n_kept.cpu() + npre)
+    state.counts.append(state.counts[-1] if n_kept is None else n_kept + npre)
 
 
 def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, stop: int | None = None) -> TokenState:
@@ -320,7 +331,7 @@ def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, sto
 def fork(state: TokenState) -> TokenState:
     """A copy to branch from: later blocks change the copy, never the original."""
     return TokenState(state.x, state.pos, state.valid, state.size, list(state.counts), list(state.stages),
-                      state.next_block, state.num_patches, state.grid, state.image_hw)
+                      state.next_block, state.num_patches, state.grid, state.image_hw, state.padded)
 
 
 def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSResult:

@@ -5,6 +5,7 @@ import timm
 import torch
 
 from ats_viz import ATSConfig, InputError, patch_vit, run_ats
+from ats_viz.cost import fixed_counts
 from ats_viz.methods import METHODS
 
 
@@ -166,3 +167,20 @@ def test_training_through_ats_gives_gradients(images):
         loss.backward()
     assert net.blocks[11].mlp.fc1.weight.grad.abs().sum() > 0
     assert net.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cfg", [ATSConfig(method="topk", k=0.5), ATSConfig(method="random", k=0.3),
+                                 ATSConfig(method="tome"), ATSConfig(method="evit"), ATSConfig(method="pitome"),
+                                 ATSConfig(method="full")], ids=lambda c: c.id)
+def test_fixed_rate_methods_never_read_the_device_back(cfg):
+    """Their shapes are known before the run, so a forward must not wait on the device: on the
+    meta device (shapes, no data) any read-back (a count, a bool, a nonzero) raises. ATS reads
+    its kept counts back once per stage, so it cannot run there."""
+    torch.manual_seed(0)
+    net = timm.create_model("deit_tiny_patch16_224").eval().to("meta")
+    x = torch.empty(2, 3, 224, 224, device="meta")
+    with torch.no_grad():
+        res = run_ats(net, x, cfg)
+    assert res.token_counts.tolist() == [fixed_counts(cfg, 12, 196, 1)] * 2
+    with pytest.raises(NotImplementedError):
+        run_ats(net, x, ATSConfig())

@@ -126,5 +126,5 @@ class Random(_Pruning):
     about = "K random patch tokens (seeded), whatever their scores."
 
     def select(self, inp: StageInput, value: Any, config) -> Selection:
-        keys = ats.random_keys(inp.num_patches, config.seed, inp.block)
+        keys = ats.random_keys(inp.num_patches, config.seed, inp.block, inp.pos.device)
         return Selection(significance(inp), ats.random_select(inp.pos, inp.valid, value, keys))
