@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import open_app, sharpen
 from ats_viz import ATSConfig, run_ats, synthetic, viz
-from ats_viz.methods import METHODS
+from ats_viz.methods import METHODS, REDUCERS
 from ats_viz.data import read_image
 from ats_viz.models import SAMPLES, load_model
 
@@ -200,7 +200,7 @@ def test_compare_methods_at_equal_cost(monkeypatch, model):
     assert not at.exception and not at.error
     titles = [m.value for m in at.markdown if m.value.startswith("**")]
     gflops = [float(m.value) for m in at.metric if m.label == "GFLOPs"]
-    assert [t.split()[0].strip("*") for t in titles] == ["ATS", "top-K", "random", "ToMe", "EViT"]
+    assert [t.split()[0].strip("*") for t in titles] == [METHODS[m].label for m in REDUCERS]  # ATS first
     target = float(expected(model, data, ATSConfig()).gflops[0])  # the sidebar's ATS, K = all
     assert gflops[0] == pytest.approx(target, abs=5e-4)
     for title, gf in zip(titles[1:], gflops[1:]):
@@ -211,8 +211,7 @@ def test_compare_methods_at_equal_cost(monkeypatch, model):
     assert symbol == "r" and gflops[3] == pytest.approx(float(res.gflops[0]), abs=5e-4)
     # The token curves wear the registry's colours, as on the Dataset page.
     curves = json.loads(at.get("plotly_chart")[-1].proto.spec)["data"]
-    assert [t["line"]["color"] for t in curves] == ["rgb({},{},{})".format(*METHODS[m].colour)
-                                                     for m in ("ats", "topk", "random", "tome", "evit")]
+    assert [t["line"]["color"] for t in curves] == ["rgb({},{},{})".format(*METHODS[m].colour) for m in REDUCERS]
 
 
 def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
