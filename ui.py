@@ -114,7 +114,7 @@ def sidebar() -> Settings | None:
                            "random depth/4 to the last; ToMe every block; EViT 3, 6, 9 of 12.", **_bind("stages"))
         if method.param is not None:
             st.text_input(f"{method.param.symbol} ({method.label})", help=method.param.help,
-                          **_bind(method.param.field))
+                          placeholder=f"its default, {format_value(method.param.default)}", **_bind(method.param.field))
         for o in method.options:
             if o.choices:
                 st.selectbox(o.label, list(o.choices), format_func=o.choices.get, **_bind(o.field))
@@ -151,8 +151,8 @@ def _roots_help() -> str | None:
     return None if roots is None else "This server reads only inside " + ", ".join(f"`{r}`" for r in roots) + "."
 
 
-GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring and sampling (O(N log N)) "
-               "and ToMe's matching are left out, as in the papers.")
+GFLOPS_NOTE = ("GFLOPs count the blocks, patch embedding and head; ATS's scoring and sampling (O(N log N)), "
+               "ToMe's matching and PiToMe's energy are left out, as in the papers.")
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
@@ -223,7 +223,15 @@ def digest(x: torch.Tensor) -> str:
 
 
 def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
-    return run_cached(loaded, model_hash(loaded.net), digest(x), x, config)
+    """One image under one setting; where the model's outputs for it are not numbers (NaN or
+    infinite), the page says so and stops: there is no prediction to show."""
+    res = run_cached(loaded, model_hash(loaded.net), digest(x), x, config)
+    if not bool(torch.isfinite(res.logits).all()):
+        st.error(f"The model's outputs for this image are not numbers (NaN or infinite) under {config.label()}, "
+                 "so there is no prediction to show. Try another image; if every image does this, the model's "
+                 "weights are damaged.")
+        st.stop()
+    return res
 
 
 SPEED_WARMUP, SPEED_REPEATS = 3, 10

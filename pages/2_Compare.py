@@ -63,9 +63,11 @@ if speed is not None:
     st.metric("full: measured", f"{speed[FULL.id].ms_per_image:.1f} ms")
 total = full.grid[0] * full.grid[1]
 rows = []
-for start in range(0, len(results), 5):
-    cols = st.columns(min(5, len(results)))
-    for col, title, cfg, res in zip(cols, titles[start:start + 5], configs[start:start + 5], results[start:start + 5]):
+per_row = 6  # every method of the registry side by side
+for start in range(0, len(results), per_row):
+    cols = st.columns(min(per_row, len(results)))
+    row = slice(start, start + per_row)
+    for col, title, cfg, res in zip(cols, titles[row], configs[row], results[row]):
         top = viz.topk(res.logits[0], loaded.class_names, 1)[0]
         final = int(res.patch_counts[0, -1])
         gf = float(res.gflops[0])

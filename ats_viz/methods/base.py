@@ -177,11 +177,17 @@ def number(text: str, what: str, example: str) -> int | float:
 
 
 def per_stage_text(text: str, one: Callable[[str], Value]) -> Value:
-    """One value, or a comma-separated value per stage (a tuple)."""
+    """One value, or a comma-separated value per stage (a tuple); '' or 'default' is None
+    (the method's own default)."""
     parts = [p for p in text.replace(" ", "").split(",") if p]
-    if not parts:
-        return one("")
+    if not parts or parts == ["default"]:
+        return None
     return one(parts[0]) if len(parts) == 1 else tuple(one(p) for p in parts)
+
+
+def fraction_text(what: str, example: str) -> Callable[[str], Value]:
+    """A parser of fractions (a keep rate), one value or one per stage."""
+    return lambda text: per_stage_text(text, lambda s: number(s, what, f"write a fraction such as {example}"))
 
 
 def per_stage_values(value: Value, stages: Sequence[int], what: str) -> list:

@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .. import merge
 from ..errors import InputError
-from .base import Option, Param, Reducer, StageInput, Value, Where, number, per_stage_text, per_stage_values
+from .base import (Option, Param, Reducer, StageInput, Value, Where, fraction_text, number, per_stage_text,
+                   per_stage_values)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,6 @@ def _r(text: str) -> Value:
     """'13' -> 13 merges in every block; '16, 16, 12' -> one per stage; '13:-0.5' -> ToMe's
     schedule with inflection -0.5 (more merging in the last blocks)."""
     def one(s: str) -> Value:
-        s = s.strip()
-        if s in ("", "default"):
-            return None
         if ":" in s:
             r, inflection = s.split(":", 1)
             return Inflected(one(r), float(number(inflection, "The inflection", "write r:inflection, such as 13:-0.5")))
@@ -107,17 +105,9 @@ class ToMe(Reducer):
         return merge.tome_merge(x, inp.k.mean(dim=1), inp.size, r, inp.num_prefix)
 
 
-def _keep(text: str) -> Value:
-    """'' -> EViT's 0.7; '0.7' -> keep 70% of the patch tokens at each stage; '0.9, 0.7, 0.5' -> one per stage."""
-    def one(s: str) -> Value:
-        s = s.strip()
-        return None if s in ("", "default") else number(s, "The keep rate", "write a fraction such as 0.7")
-    return per_stage_text(text, one)
-
-
 class EViT(Reducer):
     name, label, colour = "evit", "EViT", (255, 127, 14)
-    param = Param("keep_rate", "keep", _keep, "0.8,0.6,0.45,0.3",
+    param = Param("keep_rate", "keep", fraction_text("The keep rate", "0.7"), "0.8,0.6,0.45,0.3",
                   "The fraction of patch tokens kept at each stage (EViT: 0.7 at blocks 3, 6, 9), or one value "
                   "per stage.", default=0.7)
     options = (Option("fuse_token", "Dropped tokens", True, lambda fuse: "" if fuse else "unfused",

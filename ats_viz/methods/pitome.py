@@ -11,21 +11,13 @@ from torch import Tensor
 from .. import pitome
 from ..errors import InputError
 from ..merge import Reduced
-from .base import Param, Reducer, StageInput, Value, Where, number, per_stage_text, per_stage_values
-
-
-def _ratio(text: str) -> Value:
-    """'' -> the authors' default; '0.9' -> keep 90% of the tokens in every block; one per stage."""
-    def one(s: str) -> Value:
-        s = s.strip()
-        return None if s in ("", "default") else number(s, "The keep ratio", "write a fraction such as 0.9")
-    return per_stage_text(text, one)
+from .base import Param, Reducer, StageInput, Value, Where, fraction_text, per_stage_values
 
 
 class PiToMe(Reducer):
     name, label, colour = "pitome", "PiToMe", (23, 190, 207)
     # The fraction of patch tokens each block keeps, as the authors set it (their "ratio").
-    param = Param("keep_rate", "keep", _ratio, "0.95,0.925,0.9,0.875",
+    param = Param("keep_rate", "keep", fraction_text("The keep ratio", "0.9"), "0.95,0.925,0.9,0.875",
                   "The fraction of patch tokens each block keeps (PiToMe's ratio, 0.9125 by default), or one "
                   "value per stage.", default=pitome.RATIO)
     where = Where.TOKENS

@@ -22,8 +22,8 @@ MAX_K_FACTOR = 16  # K above this many times the patch count is refused: more po
 def _k(text: str) -> Value:
     """'all' -> None; '98' -> 98; '0.5' -> half the patches; '120, 100, 80' -> one per stage."""
     def one(s: str) -> Value:
-        s = s.strip().lower()
-        if s in ("", "all"):
+        s = s.lower()
+        if s == "all":
             return None
         return number(s, "K", "write a count (98), a fraction (0.5) or 'all'")
     return per_stage_text(text, one)
