@@ -156,19 +156,25 @@ def _remove(path: Path) -> None:
         aside.unlink(missing_ok=True)
 
 
-def _make_room(need: int, limit: int, keep: list[str]) -> int:
+def _make_room(need: int, limit: int, keep: list[str], partly: bool = False) -> int:
     """Remove the least recently used entries, but those kept or in use, until ``need`` more
-    bytes fit; returns the bytes still in the way (0: it fits). Called with the lock held."""
+    bytes fit; returns the bytes still in the way (0: it fits). Where even that would not make
+    room, nothing is removed, unless ``partly``. Called with the lock held."""
     listed = entries()
     used = sum(e.size for e in listed) + _reserved[0]
     kept = [*keep, *_pinned]
+    victims = []
     for e in listed:
         if used + need <= limit:
             break
         if not _protected(e.path, kept):
-            _remove(e.path)
+            victims.append(e)
             used -= e.size
-    return max(0, used + need - limit)
+    short = max(0, used + need - limit)
+    if not short or partly:
+        for e in victims:
+            _remove(e.path)
+    return short
 
 
 def _keys(keep: Iterable[Path | str]) -> list[str]:
@@ -201,7 +207,11 @@ def room(need: int, name: str, keep: Iterable[Path | str] = ()) -> Iterator[None
 
 def trim(keep: Iterable[Path | str] = ()) -> None:
     """Back within the budget after a write whose size was not known before (a sweep's results,
-    the held-out set): the least recently used entries go, never ``keep`` nor those in use."""
-    limit = budget()
+    the held-out set): the least recently used entries go, never ``keep`` nor those in use. A bad
+    setting is left to ``room`` to tell (an upload): what was just written is kept either way."""
+    try:
+        limit = budget()
+    except InputError:
+        return
     with _lock:
-        _make_room(0, limit, _keys(keep))
+        _make_room(0, limit, _keys(keep), partly=True)

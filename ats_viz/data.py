@@ -24,8 +24,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
-from .atomic import atomic_folder
+from . import cachebudget
+from .atomic import atomic_folder, atomic_write
 from .errors import InputError
+from .paths import within
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a 20000 x 20000 image (400 MP) is refused unread
 MIN_SIDE = 16  # one patch
@@ -119,6 +121,7 @@ class Dataset:
     unmatched: dict[str, int] = field(default_factory=dict)  # label -> images left out for it
     badly_named: list[str] = field(default_factory=list)  # left out: names not valid UTF-8
     outside: list[str] = field(default_factory=list)  # left out: links leading out of the folder
+    outside_folders: list[str] = field(default_factory=list)  # left out: class folders linking out of it
 
     def fingerprint(self) -> list[tuple[str, int, int]]:
         """(path, size, mtime in ns) of every image: a changed file changes the fingerprint."""
@@ -139,6 +142,9 @@ class Dataset:
         if self.outside:
             notes.append(f"{len(self.outside)} image(s) left out: they are links to files outside the folder "
                          f"(copy the files in instead): {_few(self.outside)}.")
+        if self.outside_folders:  # named by the link's own name: what lies outside is never listed
+            notes.append(f"{len(self.outside_folders)} class folder(s) left out: they are links to folders outside "
+                         f"the folder (copy them in instead): {_few(self.outside_folders)}.")
         matched = self.found - sum(self.unmatched.values()) - len(self.badly_named) - len(self.outside)
         if len(self.items) < matched:
             notes.append(f"Evaluating a random subset of {len(self.items)} of {matched} images.")
@@ -191,13 +197,18 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower().lstrip(".") in IMAGE_TYPES
 
 
-def _imagefolder(root: Path) -> list[tuple[Path, str]]:
+def _imagefolder(root: Path, linked_out: list[str]) -> list[tuple[Path, str]]:
+    """(image, class folder name) pairs; class folders that link out of ``root`` are added to
+    ``linked_out`` by their own names, never walked."""
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise InputError(f"The folder '{root}' is empty. Put the images in one subfolder per class "
                          "(ImageFolder layout), or give a CSV of filename,label.")
     pairs, seen = [], 0
     for folder in sorted(p for p in entries if p.is_dir()):
+        if within(folder, root) is None:  # walking it would list a folder outside (past ATS_VIZ_ROOTS)
+            linked_out.append(folder.name.encode("utf-8", "replace").decode())
+            continue
         files = []
         for parent, dirs, names in os.walk(folder):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -210,6 +221,9 @@ def _imagefolder(root: Path) -> list[tuple[Path, str]]:
             files += [p for p in (Path(parent) / n for n in names) if _is_image(p)]
         pairs += [(p, folder.name) for p in sorted(files)]
     if not pairs:
+        if linked_out:
+            raise InputError(f"'{root}' has no images in class folders of its own; {_few(linked_out)} "
+                             "link to folders outside it, which are not read: copy the images in instead.")
         if any(_is_image(p) for p in entries):
             raise InputError(f"'{root}' has images but no class subfolders. Put each class's images in a "
                              "subfolder named after the class (ImageFolder layout), or give a CSV of "
@@ -255,14 +269,20 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
 
 
 def _image_path(base: Path, name: str) -> Path:
-    """The file a CSV names; a name without an image extension (ImageNet's ImageId) gets the
-    first that exists, .JPEG first."""
-    path = (base / name).resolve()
+    """The file a CSV names, resolved; a name without an image extension (ImageNet's ImageId)
+    gets the first that exists, .JPEG first. Only what lies inside ``base`` is looked at: a name
+    leading out comes back outside it, unprobed (whether a file is there is never told)."""
+    path = within(base / name, base)
+    if path is None:  # outside, or a loop of links
+        try:
+            return (base / name).resolve()
+        except (OSError, RuntimeError):
+            return Path(os.path.normpath(base / name))  # no file: is_file() says so
     if path.is_file() or name.rsplit(".", 1)[-1].lower() in IMAGE_TYPES:
         return path
     for ext in ("JPEG", *IMAGE_TYPES, *(t.upper() for t in IMAGE_TYPES)):
-        candidate = (base / f"{name}.{ext}").resolve()
-        if candidate.is_file():
+        candidate = within(base / f"{name}.{ext}", base)
+        if candidate is not None and candidate.is_file():
             return candidate
     return path
 
@@ -277,7 +297,8 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
     root = Path(folder).expanduser()
     if not root.is_dir():
         raise InputError(f"No folder at '{root}'. Give the folder that holds the images.")
-    pairs = _csv_pairs(root, Path(csv_path).expanduser()) if csv_path else _imagefolder(root)
+    linked_out: list[str] = []  # class folders that link out of the folder: left out, never walked
+    pairs = _csv_pairs(root, Path(csv_path).expanduser()) if csv_path else _imagefolder(root, linked_out)
     matched = match_labels({label for _, label in pairs}, class_names)
     unmatched: dict[str, int] = {}
     for _, label in pairs:
@@ -292,7 +313,7 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
     for p, label in pairs:
         if label not in matched:
             continue
-        if not p.resolve().is_relative_to(base):  # a link out: reading it would step past ATS_VIZ_ROOTS
+        if within(p, base) is None:  # a link out: reading it would step past ATS_VIZ_ROOTS
             outside.append(p.relative_to(root).as_posix().encode("utf-8", "replace").decode())
             continue
         name = p.resolve().relative_to(base).as_posix()
@@ -312,7 +333,8 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
         raise InputError(f"Every image in '{root}' is a link to a file outside it: copy the files in instead.")
     if not items:
         raise InputError(f"No image in '{root}' has a file name in valid UTF-8: rename them.")
-    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named, outside)
+    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named, outside,
+                   linked_out)
 
 
 def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tuple:
@@ -330,8 +352,9 @@ def dataset_stamp(folder: str | Path, csv_path: str | Path | None = None) -> tup
     root = Path(folder).expanduser()
     try:
         with os.scandir(root) as entries:
-            subfolders = sorted((e.name, e.stat().st_mtime_ns) for e in entries
-                                if not e.name.startswith(".") and e.is_dir())
+            subfolders = sorted((e.name, e.stat().st_mtime_ns) for e in entries  # not a folder linked out
+                                if not e.name.startswith(".") and (not e.is_symlink() or within(e.path, root))
+                                and e.is_dir())
     except OSError:
         subfolders = []
     return stat(root), tuple(subfolders), stat(Path(csv_path).expanduser()) if csv_path else None
@@ -412,9 +435,11 @@ def heldout_folder(per_class: int | None = None) -> Path:
     per_class = per_class or HELDOUT_PER_CLASS
     out = heldout_path(per_class)
     if out.is_dir():
+        cachebudget.touch(out)
         return out
     with atomic_folder(out) as tmp:  # another process finishing first wrote the same images
         write_imagefolder(tmp, per_class, HELDOUT_SEED)
+    cachebudget.trim(keep=[out])
     return out
 
 
@@ -436,7 +461,9 @@ def extract_zip(data: bytes, name: str = "the archive",
 
     The folder is named by the archive's digest, so uploading the same archive again reuses
     it, files, mtimes and all, and cached sweep results stay valid. Paths that would leave
-    the folder, links and oversized archives are refused or skipped, never written.
+    the folder, links and oversized archives are refused or skipped, never written. It is
+    unpacked within the cache's budget (``cachebudget``): the least recently used entries make
+    room, and an archive that cannot fit is refused before anything is written.
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -453,9 +480,13 @@ def extract_zip(data: bytes, name: str = "the archive",
         raise InputError(f"'{name}' unpacks to more than {MAX_ZIP_FILES:,} files or "
                          f"{MAX_ZIP_BYTES // 1_000_000_000} GB. Evaluate a smaller part of it.")
     out = cache_root() / "uploads" / hashlib.sha256(data).hexdigest()[:24]
-    if not out.is_dir():
+    if out.is_dir():
+        cachebudget.touch(out)
+    else:
+        need = sum(cachebudget.blocks(m.file_size) for m in wanted)  # zipfile reads no more than a member declares
         try:
-            with atomic_folder(out) as tmp:  # another session unpacking the same archive first: the same files
+            # another session unpacking the same archive first: the same files
+            with cachebudget.room(need, name), atomic_folder(out) as tmp:
                 for m in wanted:
                     target = tmp / m.filename.replace("\\", "/")
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -464,3 +495,17 @@ def extract_zip(data: bytes, name: str = "the archive",
         except (zipfile.BadZipFile, OSError, EOFError) as err:
             raise InputError(f"'{name}' is damaged ({str(err)[:120]}). Zip the folder again.") from None
     return _archive_root(out)
+
+
+def keep_labels(data: bytes, name: str = "the labels CSV") -> Path:
+    """An uploaded labels CSV, kept in the cache by its digest, within the cache's budget."""
+    path = cache_root() / "uploads" / f"labels-{hashlib.sha256(data).hexdigest()[:24]}.csv"
+    if path.is_file():
+        cachebudget.touch(path)
+        return path
+    try:
+        with cachebudget.room(cachebudget.blocks(len(data)), name):
+            atomic_write(path, data)
+    except OSError as err:
+        raise InputError(f"'{name}' could not be kept on this server ({err.strerror or err}).") from None
+    return path

@@ -17,7 +17,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Container, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -58,6 +58,18 @@ def make_settings(ladders: Mapping[str, Sequence[Value]], stages: tuple[int, ...
 # ---------------------------------------------------------------------------- the sweep
 
 
+def not_finite(results: Sequence[ATSResult], settings: Sequence[ATSConfig]) -> dict[int, str]:
+    """The places in a batch whose logits are not finite (NaN or infinite) under some setting,
+    each with why it is left out: such an output is no prediction, and scoring it (its argmax)
+    would count it as one."""
+    out: dict[int, str] = {}
+    for res, cfg in zip(results, settings):
+        for i in (~torch.isfinite(res.logits).all(dim=1)).nonzero().flatten().tolist():
+            out.setdefault(i, f"the model's outputs for it are not numbers (NaN or infinite) under {cfg.label()}; "
+                              "left out, not scored")
+    return out
+
+
 def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConfig]) -> list[ATSResult]:
     """Run one batch under every setting, sharing the blocks before the first pruning stage."""
     depth, patches = len(net.blocks), net.patch_embed.num_patches
@@ -78,11 +90,21 @@ class SettingRun:
     tokens: list[list[int]] = field(default_factory=list)  # patch tokens entering each block, then leaving the last
 
     @classmethod
-    def of(cls, config: ATSConfig, names: list[str], res: ATSResult) -> SettingRun:
-        """One batch's rows."""
+    def of(cls, config: ATSConfig, names: list[str], res: ATSResult, drop: Container[int] = ()) -> SettingRun:
+        """One batch's rows, but those of the images at the places ``drop``."""
         prob = res.logits.float().softmax(dim=1).max(dim=1)
-        return cls(config, list(names), prob.indices.tolist(), prob.values.tolist(), res.gflops.tolist(),
-                   res.patch_counts.tolist())
+        run = cls(config, list(names), prob.indices.tolist(), prob.values.tolist(), res.gflops.tolist(),
+                  res.patch_counts.tolist())
+        if drop:
+            run.keep(lambda i, name: i not in drop)
+        return run
+
+    def keep(self, wanted: Callable[[int, str], bool]) -> None:
+        """Only the rows (place, image name) that ``wanted`` accepts."""
+        rows = [i for i, name in enumerate(self.names) if wanted(i, name)]
+        for name in ROWS:
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in rows])
 
     def extend(self, other: SettingRun) -> None:
         self.names += other.names
@@ -346,8 +368,14 @@ def _compute(model: LoadedModel, dev: torch.device, precise: contextlib.Abstract
                 if x is not None:
                     names = [items[i].name for i in indices]
                     x = x.to(dev, non_blocking=True)
-                    for j, res in zip(w.missing, sweep_batch(net, x, [settings[j] for j in w.missing])):
-                        rows = SettingRun.of(settings[j], names, res)
+                    missing = [settings[j] for j in w.missing]
+                    results = sweep_batch(net, x, missing)
+                    broken = not_finite(results, missing)  # skipped like an unreadable image, with why
+                    for p, why in broken.items():
+                        tally.skipped[names[p]] = why
+                        part_skipped.append((names[p], why))
+                    for j, res in zip(w.missing, results):
+                        rows = SettingRun.of(settings[j], names, res, drop=broken)
                         part[j].extend(rows)
                         tally.add(j, rows)
                 for j in w.missing:
@@ -365,6 +393,8 @@ def _finish(tally: _Tally, world: int) -> SweepResult:
     order = {it.name: i for i, it in enumerate(result.dataset.items)}
     for run in result.runs.values():
         run.sort(order)
+        if tally.skipped:  # skipped under one setting (its outputs not finite): out of every setting's rows
+            run.keep(lambda i, name: name not in tally.skipped)
     result.skipped = sorted(tally.skipped.items(), key=lambda s: order[s[0]])
     if world == 1:
         check_readable(result)

@@ -69,15 +69,38 @@ class LoadedModel:
 def wrap_net(net: VisionTransformer, name: str, class_names: list[str] | None = None,
             card: dict[str, Any] | None = None) -> LoadedModel:
     """Any timm ViT as a LoadedModel: eval mode, class names, timm's preprocessing for it.
-    A model the engine cannot run is refused here, with its sentence, before anyone uses it."""
+    A model the engine cannot run, or whose outputs are not numbers, is refused here, with its
+    sentence, before anyone uses it."""
     check_vit(net)
     net.eval()
+    check_finite(net, name)
     cfg = resolve_data_config({}, model=net)
     n = net.num_classes
     if class_names is None:
         class_names = ImageNetInfo().label_descriptions(as_dict=False) if n == 1000 else [f"class {i}" for i in range(n)]
     return LoadedModel(net, list(class_names), create_transform(**cfg), name,
                        tuple(cfg["mean"]), tuple(cfg["std"]), card or {})
+
+
+def check_finite(net: VisionTransformer, name: str) -> None:
+    """Refuse a model whose logits are not finite (NaN or infinite) on a probe input, a fixed
+    noise image as the model sees one (normalised). Such a model (a diverged training run, a
+    damaged export) would show NaN probabilities as if they were results. One forward pass of
+    one image, once per load; inputs that give NaN only for themselves are the sweep's to skip."""
+    param = next(net.parameters())
+    size = tuple(net.patch_embed.img_size)
+    probe = torch.randn((1, 3, *size), generator=torch.Generator().manual_seed(0)).to(param.device, param.dtype)
+    with torch.inference_mode():
+        logits = net(probe)
+    if bool(torch.isfinite(logits).all()):
+        return
+    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    held = ""
+    if bad:
+        shown = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        held = f"; {len(bad)} of its weight tensors hold NaN or infinite values ({shown})"
+    raise InputError(f"'{name}' gives outputs that are not numbers (NaN or infinite) on a plain input image{held}. "
+                     "Its predictions would mean nothing, so it is refused: train or export it again.")
 
 
 def embedded_card(name: str = "embedded") -> dict[str, Any]:

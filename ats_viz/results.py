@@ -20,6 +20,7 @@ import pandas as pd
 from .errors import InputError
 from .evaluate import SweepResult
 from .methods import format_value, get
+from .paths import allowed_roots, within
 from .stats import summarize
 from .sweepcache import CACHE_VERSION
 from .timing import add_timing
@@ -87,8 +88,18 @@ class SavedSweep:
 
 
 def load_results(folder: Path | str) -> SavedSweep:
-    """Open a folder written by ``write_results`` (or ``python -m ats_viz evaluate``)."""
+    """Open a folder written by ``write_results`` (or ``python -m ats_viz evaluate``).
+
+    Under $ATS_VIZ_ROOTS its files are read only if they lie inside it once resolved
+    (``paths.within``): a file linking out of the folder is refused, and what it links to is
+    never read nor named. Unconfined, links are followed, as on one's own machine."""
     folder = Path(folder).expanduser()
+    if allowed_roots() is not None:
+        out = [n for n in ("per_image.csv", "summary.csv", MANIFEST) if within(folder / n, folder) is None]
+        if out:
+            links = "links to a file" if len(out) == 1 else "link to files"
+            raise InputError(f"{', '.join(repr(n) for n in out)} in '{folder}' {links} outside the folder, which "
+                             "this server does not read. Copy the results into the folder instead.")
     missing = [n for n in ("per_image.csv", "summary.csv", MANIFEST) if not (folder / n).is_file()]
     if missing:
         raise InputError(f"'{folder}' is not a results folder: {', '.join(missing)} missing. "

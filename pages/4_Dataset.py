@@ -10,9 +10,9 @@ import streamlit as st
 import torch
 
 import ui
-from ats_viz import InputError, timing, viz
+from ats_viz import InputError, cachebudget, timing, viz
 from ats_viz import evaluate as ev
-from ats_viz.data import (Dataset, cache_root, dataset_stamp, extract_zip, heldout_description, heldout_folder,
+from ats_viz.data import (Dataset, dataset_stamp, extract_zip, heldout_description, heldout_folder, keep_labels,
                           load_dataset)
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
@@ -121,10 +121,7 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
         return None
     folder = extract_zip(upload.getvalue(), upload.name)
     if labels is not None:
-        data = labels.getvalue()
-        csv = cache_root() / "uploads" / f"labels-{hashlib.sha256(data).hexdigest()[:24]}.csv"
-        csv.write_bytes(data)
-        return folder, str(csv)
+        return folder, str(keep_labels(labels.getvalue(), labels.name))
     inside = sorted(p.name for p in folder.glob("*.csv"))
     choice = b.selectbox("Labels from", ["class folders", *inside], key="ds_zip_labels") if inside else None
     return folder, (str(folder / choice) if choice and choice != "class folders" else None)
@@ -219,10 +216,12 @@ if stored is None or stored["key"] != key:
             shown[0] = time.monotonic()
 
     try:
-        with ui.queued():
+        # The dataset (an upload, the held-out set) stays in the cache while the sweep reads it.
+        with ui.queued(), cachebudget.in_use(dataset.root):
             # run_sweep works on a copy for another device: the model every page shares never moves.
             stored["result"] = ev.run_sweep(loaded, dataset, runs, batch=int(batch), device=device,
                                             progress=on_progress)
+        cachebudget.trim(keep=[dataset.root])  # the sweep's cached results count too
     except InputError as err:
         st.session_state.pop("ds_run", None)
         st.error(str(err))

@@ -148,6 +148,10 @@ def make_input(kind: str, what: str, folder: Path, marker: Path) -> Path:
         path = folder / "nowhere" / f"absent{ext}"
     elif what == "directory":
         path.mkdir()
+    elif what == "nan-head":  # well-formed weights whose every output is NaN
+        sd = dict(tiny_state_dict())
+        sd["head.weight"] = torch.full_like(sd["head.weight"], float("nan"))
+        save_file(sd, str(path))
     elif what == "non-utf8":
         path = folder / f"{NON_UTF8}{ext}"
         path.write_bytes(GOOD[kind]() if kind != "ckpt" else pth_bytes(tiny_state_dict()))
@@ -412,6 +416,8 @@ def load_ckpt(path: Path):
     ("image-as-png", "is not a checkpoint: give a .safetensors, .pth or .pt file"),
     ("missing", "No checkpoint file at"),
     ("directory", "No checkpoint file at"),
+    ("nan-head", "gives outputs that are not numbers (NaN or infinite) on a plain input image; 1 of its weight "
+                 "tensors hold NaN or infinite values (head.weight)"),
 ])
 def test_checkpoint_library(sandbox, what, says):
     path = make_input("ckpt", what, sandbox.inputs, sandbox.marker)
@@ -428,6 +434,7 @@ def test_checkpoint_with_a_non_utf8_name_loads(sandbox):
     ("pickle-bin", "refused: loading it could run code"),
     ("torch-pickle", "refused: loading it could run code"),
     ("directory", "No checkpoint file at"),
+    ("nan-head", "gives outputs that are not numbers (NaN or infinite)"),
 ])
 def test_checkpoint_command_line(sandbox, small_set, what, says):
     path = make_input("ckpt", what, sandbox.inputs, sandbox.marker)
@@ -442,6 +449,7 @@ def test_checkpoint_command_line(sandbox, small_set, what, says):
     ("torch-pickle", "refused: loading it could run code"),
     ("directory", "No checkpoint file at"),
     ("text", "could not be read as a checkpoint"),
+    ("nan-head", "gives outputs that are not numbers (NaN or infinite)"),
 ])
 def test_checkpoint_named_in_the_url(monkeypatch, sandbox, what, says):
     """?source=file&ckpt=PATH makes the server read PATH: it must be read as weights or refused."""
@@ -450,6 +458,39 @@ def test_checkpoint_named_in_the_url(monkeypatch, sandbox, what, says):
     no_exception(at)
     assert says in errors(at)
     assert not tokens_kept(at)
+
+
+def nan_for_white(loaded):
+    """A copy of ``loaded`` whose outputs are NaN for a white image only (an overflow a model
+    may meet on a few inputs), and that white image as PNG bytes."""
+    import copy
+    import dataclasses
+
+    white = png(np.full((64, 64, 3), 255, np.uint8))
+    level = float(loaded.prepare(read_image(white)).mean()) - 0.05
+    net = copy.deepcopy(loaded.net)
+
+    def hook(module, args, out):
+        bright = args[0].mean(dim=(1, 2, 3)) > level
+        return torch.where(bright.view(-1, *[1] * (out.ndim - 1)), torch.full_like(out, float("nan")), out)
+
+    net.patch_embed.register_forward_hook(hook)
+    return dataclasses.replace(loaded, net=net), white
+
+
+def test_an_image_whose_outputs_are_not_numbers_is_never_shown_as_a_prediction(monkeypatch, sandbox, model):
+    """Issue 24, item 8, on the Image page: a sentence, not NaN probabilities."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import ui
+
+    odd, white = nan_for_white(model)
+    monkeypatch.setattr(ui, "get_model", lambda *args: odd)
+    at = open_app(monkeypatch, "1_Image.py")
+    assert not at.error and tokens_kept(at)  # the sample image is fine
+    upload(at, "image_upload", "white.png", white)
+    no_exception(at)
+    assert "The model's outputs for this image are not numbers (NaN or infinite) under ATS" in errors(at)
+    assert not tokens_kept(at) and "nan" not in " ".join(str(m.value).lower() for m in at.metric)
 
 
 # ============================================================================ dataset folders
@@ -509,6 +550,23 @@ def test_unreadable_images_in_a_dataset_are_skipped_each_with_its_sentence(sandb
     assert "truncated or corrupt" in why["circle/cut.png"]
     assert "megapixel limit" in why["circle/huge.png"]
     assert list(result.per_image()["image"].unique()) == ["circle/good.png"]
+
+
+def test_images_whose_outputs_are_not_numbers_are_skipped_with_a_reason(sandbox, model, small_set):
+    """Issue 24, item 8: an image whose logits are NaN was scored (its argmax, class 0, NaN confidence)."""
+    odd, white = nan_for_white(model)
+    folder = sandbox.inputs / "set"
+    shutil.copytree(small_set, folder)
+    (folder / "circle" / "white.png").write_bytes(white)
+    ds = load_dataset(folder, model.class_names)
+    for cache in (sandbox.cache, sandbox.cache):  # computed, then read back from the cache
+        result = run_sweep(odd, ds, make_settings({"ats": [98], "tome": [8]}), batch=4, cache=cache)
+        why = dict(result.skipped)
+        assert list(why) == ["circle/white.png"]
+        assert why["circle/white.png"].startswith("the model's outputs for it are not numbers (NaN or infinite) under")
+        table = result.per_image()
+        assert "circle/white.png" not in set(table["image"]) and len(table) == 3 * 10
+        assert table["confidence"].notna().all()
 
 
 def test_a_non_utf8_file_name_in_a_dataset(sandbox, model, small_set):
@@ -623,6 +681,32 @@ def test_zip_page_upload(monkeypatch, sandbox, what, make, says):
     upload(at, "ds_zip", "mine.zip", make(sandbox.marker))
     no_exception(at)
     assert says in errors(at)
+
+
+def over_budget_zip() -> bytes:
+    """2 MB of image bytes in a 2 kB archive: more than a 1 MB cache budget holds."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("shapes/circle/a.png", png())
+        z.writestr("shapes/square/b.png", b"\0" * 2_000_000)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", ["library", "page"])
+def test_an_upload_bigger_than_the_cache_budget_is_refused_before_unpacking(monkeypatch, sandbox, where):
+    """Issue 24, item 7: an upload is unpacked only if it fits the cache's budget ($ATS_VIZ_CACHE_GB)."""
+    monkeypatch.setenv("ATS_VIZ_CACHE_GB", "0.001")
+    says = "'mine.zip' needs 2.1 MB on this server, more than it keeps for all uploads and cached results (1.0 MB"
+    if where == "library":
+        assert says in refusal(extract_zip, over_budget_zip(), "mine.zip")
+    else:
+        at = open_app(monkeypatch, "4_Dataset.py")
+        at.radio(key="ds_source").set_value("zip").run()
+        upload(at, "ds_zip", "mine.zip", over_budget_zip())
+        no_exception(at)
+        assert says in errors(at)
+    uploads = sandbox.cache / "uploads"
+    assert not uploads.exists() or not any(uploads.iterdir()), "a refused archive left files behind"
 
 
 def test_escaping_members_are_skipped_and_the_rest_unpacked_inside_the_cache(sandbox):

@@ -159,3 +159,29 @@ def test_a_checkpoint_of_a_model_the_engine_cannot_run_is_refused_when_loaded(tm
     save_file(timm.create_model("resnet10t").state_dict(), str(path))
     with pytest.raises(InputError, match="ATS needs a timm VisionTransformer; got ResNet"):
         load_model(str(path), arch="resnet10t")
+
+
+@pytest.mark.parametrize("damage, names", [
+    ("nan head", "1 of its weight tensors hold NaN or infinite values (head.weight)"),
+    ("inf bias", "1 of its weight tensors hold NaN or infinite values (head.bias)"),
+    ("overflowing stem", None),  # finite weights, outputs that overflow: no tensor to name
+])
+def test_a_model_whose_outputs_are_not_numbers_is_refused_at_load(tiny_weights, tmp_path, damage, names):
+    """Issue 24, item 8: such a checkpoint loaded without a word, and pages showed NaN probabilities."""
+    sd, _ = tiny_weights
+    sd = dict(sd)
+    if damage == "nan head":
+        sd["head.weight"] = torch.full_like(sd["head.weight"], float("nan"))
+    elif damage == "inf bias":
+        sd["head.bias"] = sd["head.bias"].clone()
+        sd["head.bias"][3] = float("inf")
+    else:
+        sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"] * 1e37
+    save_file(sd, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(InputError) as err:
+        load_model(str(tmp_path / "odd.safetensors"), arch="deit_tiny_patch16_224")
+    said = str(err.value)
+    assert said.startswith("'odd.safetensors (deit_tiny_patch16_224)' gives outputs that are not numbers (NaN or "
+                           "infinite) on a plain input image")
+    assert "refused: train or export it again" in said
+    assert (names in said) if names else "weight tensors" not in said

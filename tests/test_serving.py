@@ -2,6 +2,7 @@
 sweeps queued behind each other with their place shown and Stop leaving the queue, and a sweep
 that never moves the model other sessions are using."""
 
+import hashlib
 import io
 import os
 import threading
@@ -14,7 +15,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT, open_app
-from ats_viz import ATSConfig, run_ats, synthetic
+from ats_viz import ATSConfig, InputError, run_ats, synthetic
 from ats_viz import evaluate as ev
 from ats_viz.data import heldout_path, load_dataset, read_image
 from ats_viz.models import load_model, model_hash, on_device, source_stamp
@@ -236,3 +237,108 @@ def test_a_sweep_on_the_shared_model_leaves_the_image_page_right(monkeypatch, ca
     elsewhere = on_device(shared, "meta")  # another device, as a sweep there gets it: a copy of its own
     assert elsewhere.net is not shared.net and next(elsewhere.net.parameters()).device.type == "meta"
     assert all(p is q and p.device.type == "cpu" for p, (q, _) in zip(shared.net.parameters(), params))
+
+
+# ---------------------------------------------------------------------------- links out of a typed folder
+
+
+def page_text(at: AppTest) -> str:
+    """Everything the page says in words."""
+    kinds = ("title", "header", "subheader", "markdown", "caption", "text", "info", "warning", "error", "success")
+    return " ".join(str(e.value) for kind in kinds for e in at.get(kind))
+
+
+def test_a_typed_folder_never_shows_what_its_links_lead_to(monkeypatch, cache, shapes, tmp_path):
+    """Issue 24, items 5 and 6: a class folder linking out was walked (its files named on the page),
+    and a results folder's linked files were opened."""
+    allowed, private = tmp_path / "allowed", tmp_path / "private"
+    allowed.mkdir()
+    (private / "square").mkdir(parents=True)
+    (private / "square" / "secret_name.png").write_bytes(next((shapes / "square").iterdir()).read_bytes())
+    data = allowed / "shapes"
+    shapes.rename(data)
+    (data / "square").rename(tmp_path / "square-was-here")
+    (data / "square").symlink_to(private / "square")
+    monkeypatch.setenv("ATS_VIZ_ROOTS", str(allowed))
+
+    at = open_page(monkeypatch, "4_Dataset.py", "folder")
+    at.text_input(key="ds_folder").set_value(str(data)).run()
+    said = page_text(at)
+    assert not errors(at) and any("**9 images**" in m.value for m in at.markdown)
+    assert "1 class folder(s) left out: they are links to folders outside the folder" in said and "'square'" in said
+    assert "secret_name" not in said and str(private) not in said
+
+    outside = private / "run"  # a results folder of someone else's, as 'evaluate --out' writes one
+    outside.mkdir()
+    (outside / "per_image.csv").write_text("image,setting,method,value,pred,label,correct,gflops,tokens_final\n")
+    (outside / "summary.csv").write_text("setting,method,value,top1,gflops_mean\n")
+    (outside / "results.json").write_text('{"model": "embedded", "images": 11, "dataset": "/private/set", '
+                                          '"full_gflops": 0.375, "class_names": ["circle"]}')
+    run = allowed / "run"
+    run.mkdir()
+    for name in ("per_image.csv", "summary.csv", "results.json"):
+        (run / name).symlink_to(private / "run" / name)
+    at = open_page(monkeypatch, "4_Dataset.py", "saved")
+    at.text_input(key="ds_saved_path").set_value(str(run)).run()
+    said = page_text(at)
+    assert "link to files outside the folder, which this server does not read" in errors(at)
+    assert "11 images" not in said and "/private/set" not in said and str(private) not in said
+
+
+# ---------------------------------------------------------------------------- the cache's budget
+
+
+def _archive(tag: str, kb: int = 100) -> bytes:
+    """A ZIP of one class folder holding ``kb`` kB (whole 4 KiB blocks) of bytes unique to ``tag``."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{tag}/circle/a.png", tag.encode() * (kb * 1024 // len(tag)))
+    return buf.getvalue()
+
+
+def test_the_cache_keeps_to_its_budget_least_recently_used_first(monkeypatch, cache):
+    """Issue 24, item 7: nothing evicted uploads/, so uploads filled a team server's disk."""
+    import time
+
+    from ats_viz import cachebudget
+    from ats_viz.data import extract_zip
+
+    monkeypatch.setenv("ATS_VIZ_CACHE_GB", "0.00033")  # 330 kB: three uploads of 100 kB and a little more
+    for old in cachebudget.entries():  # the stand-in held-out set: not part of this test
+        cachebudget._remove(old.path)
+    sweeps = cache / "sweeps"
+    sweeps.mkdir()
+    stale = sweeps / f"{'0' * 40}.json"  # a sweep's cached results, counted like the rest
+    stale.write_bytes(b" " * 40_000)
+    (cache / "notes.txt").write_bytes(b"x" * 2_000_000)  # not the app's: never counted, never removed
+    (cache / "uploads").mkdir()
+    (cache / "uploads" / "keep-me.zip").write_bytes(b"x" * 2_000_000)
+    now = time.time_ns()
+    os.utime(stale, ns=(now - 10**12, now - 10**12))
+    a = extract_zip(_archive("aaaa"), "a.zip")
+    b = extract_zip(_archive("bbbb"), "b.zip")
+    for n, folder in enumerate((a, b)):  # a used before b, both after the sweep file
+        os.utime(folder.parent, ns=(now - 10**11 + n * 10**9,) * 2)
+    c = extract_zip(_archive("cccc"), "c.zip")
+    assert not stale.exists() and a.is_dir() and b.is_dir() and c.is_dir()  # room made from the oldest first
+    assert extract_zip(_archive("aaaa"), "a.zip") == a  # used again: now the newest
+    d = extract_zip(_archive("dddd"), "d.zip")
+    assert not b.exists() and a.is_dir() and c.is_dir() and d.is_dir()  # b was the least recently used
+    assert (cache / "notes.txt").stat().st_size == 2_000_000 and (cache / "uploads" / "keep-me.zip").exists()
+    assert sum(e.size for e in cachebudget.entries()) <= cachebudget.budget()
+    assert not [p for p in (cache / "uploads").iterdir() if p.name.startswith(".")]  # nothing half-removed left
+
+    with cachebudget.in_use(c):  # a sweep reading c: never evicted, even as the least recently used
+        os.utime(c.parent, ns=(now - 10**12,) * 2)
+        e = extract_zip(_archive("eeee"), "e.zip")
+        assert c.is_dir() and e.is_dir() and not a.exists()
+        with pytest.raises(InputError) as err:  # 300 kB: only by evicting c, which is in use
+            extract_zip(_archive("ffff", 300), "f.zip")
+        assert "There is no room for 'f.zip'" in str(err.value) and "while other jobs use it" in str(err.value)
+        assert d.is_dir() and e.is_dir()  # a refused upload removes nothing
+    assert not (cache / "uploads" / hashlib.sha256(_archive("ffff", 300)).hexdigest()[:24]).exists()
+    assert extract_zip(_archive("ffff", 300), "f.zip").is_dir() and not c.exists()  # c is free again
+
+    monkeypatch.setenv("ATS_VIZ_CACHE_GB", "lots")
+    with pytest.raises(InputError, match="ATS_VIZ_CACHE_GB must be a number of gigabytes above 0"):
+        extract_zip(_archive("gggg"), "g.zip")
