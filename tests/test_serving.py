@@ -342,3 +342,20 @@ def test_the_cache_keeps_to_its_budget_least_recently_used_first(monkeypatch, ca
     monkeypatch.setenv("ATS_VIZ_CACHE_GB", "lots")
     with pytest.raises(InputError, match="ATS_VIZ_CACHE_GB must be a number of gigabytes above 0"):
         extract_zip(_archive("gggg"), "g.zip")
+
+
+def test_an_uploaded_labels_csv_is_kept_in_the_cache_and_counted(monkeypatch, cache, shapes):
+    from ats_viz import cachebudget
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for p in shapes.rglob("*.png"):
+            z.write(p, p.name)  # flat: the labels come from the CSV
+    rows = "".join(f"{p.name},{p.parent.name}\n" for p in sorted(shapes.rglob("*.png"))[:4])
+    at = open_page(monkeypatch, "4_Dataset.py", "zip")
+    at.file_uploader(key="ds_zip").set_value(("flat.zip", buf.getvalue(), "application/zip"))
+    at.file_uploader(key="ds_csv_upload").set_value(("labels.csv", rows.encode(), "text/csv")).run()
+    assert not errors(at) and any("**4 images**" in m.value for m in at.markdown)
+    kept = [e.path.name for e in cachebudget.entries()]
+    assert sum(n.startswith("labels-") and n.endswith(".csv") for n in kept) == 1
+    assert sum(len(n) == 24 for n in kept) == 1  # the unpacked ZIP
