@@ -80,6 +80,8 @@ if stored is not None and not stored[1].frames:
 if stored is None or stored[0] != key:
     if not st.button("Analyse", type="primary", key="video_go"):
         st.stop()
+    # Until the first frame, an empty stopped result: a Stop while queued finds it and says so.
+    st.session_state.video_result = (key, vid.VideoResult(info, stride, settings.config, cancelled=True))
     bar = st.progress(0.0, text="Reading frames...")
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
