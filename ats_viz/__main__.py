@@ -59,14 +59,18 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    import logging
+
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     from . import distributed
-    from .data import heldout_folder, load_dataset
+    from .atomic import why_not
+    from .data import heldout_folder, heldout_path, load_dataset
     from .devices import autocast, check_device
     from .evaluate import CHUNK, Progress, make_settings, run_sweep
     from .models import load_model
-    from .results import write_results
+    from .results import check_out, write_results
     from .setting import resolve
 
     world = distributed.from_env()
@@ -75,23 +79,32 @@ def _evaluate(args: argparse.Namespace) -> None:
         if world.main:  # under torchrun only rank 0 speaks
             print(*text, **where)
 
-    # Typos are refused before loading.
+    # Typos, and a results folder that cannot be written, are refused before loading. (The
+    # cache is checked by run_sweep: one that cannot be written costs a warning, not the run.)
     settings = make_settings(_ladders(args), parse_stages(args.stages), seed=args.seed, fuse_token=args.fuse_token)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
+    if world.main:  # rank 0 alone writes the results
+        try:
+            check_out(args.out)
+        except InputError as err:
+            raise InputError(f"--out: {err}") from None
     device = distributed.device_for(world, args.device)
     autocast(args.precision, check_device(device))  # refuses fp16 on the CPU before loading
     model = load_model(args.model, arch=args.arch)
     for cfg in settings:
         resolve(cfg, len(model.net.blocks), model.net.patch_embed.num_patches)
-    data = args.data or heldout_folder()
+    try:
+        data = args.data or heldout_folder()
+    except OSError as err:  # the cache folder cannot take the bundled set
+        raise InputError(f"The bundled held-out set cannot be written to '{heldout_path()}': {why_not(err)}. Set "
+                         "ATS_VIZ_CACHE to a folder you can write to, or give --data.") from None
     dataset = load_dataset(data, model.class_names, args.csv, args.subset, args.seed)
     for note in dataset.notes():
         say(note, file=sys.stderr)
     processes = f" in {world.size} processes" if world.size > 1 else ""
     say(f"{model.name}: {len(dataset.items)} images from {data} x {len(settings)} settings{processes}",
         file=sys.stderr)
-    with distributed.process_group(world, device), \
+    # The library's warnings (a cache that cannot be written or read) print above the bar, not into it.
+    with distributed.process_group(world, device), logging_redirect_tqdm([logging.getLogger("ats_viz")]), \
             tqdm(unit="img", desc="evaluate" + (" (rank 0's share)" if world.size > 1 else ""),
                  disable=not world.main) as bar:
         def show(p: Progress) -> None:
@@ -123,7 +136,12 @@ def _evaluate(args: argparse.Namespace) -> None:
 
             timed = time_dataset(model, dataset, settings, args.batch, device, progress=tick)
         columns += ["ms_per_image", "images_per_s"]
-    paths = write_results(result, args.out, timed)
+    try:
+        paths = write_results(result, args.out, timed)
+    except InputError as err:  # the folder stopped being writable during the sweep
+        cached = "" if args.no_cache else (" Unless the cache warned above, the sweep's results are in it: the same "
+                                           "command with a writable --out writes them without computing again.")
+        raise InputError(f"{err}{cached}") from None
     table = result.summary() if timed is None else add_timing(result.summary(), timed)
     say(table[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     say(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -134,6 +152,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from . import timing
+    from .atomic import unwritable
     from .data import heldout_folder
     from .devices import check_device
     from .evaluate import make_settings
@@ -150,8 +169,9 @@ def _benchmark(args: argparse.Namespace) -> None:
     if args.threads is not None and args.threads < 1:
         raise InputError(f"--threads {args.threads}: give at least 1 thread.")
     check_device(args.device)
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out '{args.out}' is a file; give a folder for the results.")
+    why = unwritable(Path(args.out).expanduser(), keep=False)  # made, a file written, removed again
+    if why is not None:
+        raise InputError(f"--out: Cannot write the benchmark to '{args.out}': {why}. Give a folder you can write to.")
     if args.data and not Path(args.data).expanduser().is_dir():
         raise InputError(f"--data '{args.data}' is not a folder: give an ImageFolder of images to time on.")
     if args.threads is not None:
@@ -207,16 +227,47 @@ def _method_options(p: argparse.ArgumentParser, ladder: bool) -> None:
     p.add_argument("--no-fuse", dest="fuse_token", action="store_false", help="EViT drops tokens instead of fusing them")
 
 
-def _writable(*files: str | None) -> None:
-    """Refuse output files that cannot be written before the work, not after it."""
-    for f in files:
-        if f and (Path(f).is_dir() or not Path(f).resolve().parent.is_dir()):
-            raise InputError(f"Cannot write '{f}': give a file path in an existing folder.")
+def _writable(csv: str | None, mp4: str | None) -> None:
+    """Refuse output files that cannot be written before the work (the model, the frames),
+    not after it: each must be a file path in an existing folder that can be written (a file
+    is written there and removed), and the video's must end in .mp4."""
+    from .atomic import unwritable
+
+    given = [(flag, f) for flag, f in (("--csv", csv), ("--out", mp4)) if f]
+    for flag, f in given:
+        path = Path(f).expanduser()
+        if flag == "--out" and path.suffix.lower() != ".mp4":
+            raise InputError(f"Cannot write '{f}' ({flag}): the annotated video is an MP4, so its name must end "
+                             "in .mp4.")
+        if path.is_dir():
+            raise InputError(f"Cannot write '{f}' ({flag}): it is a folder; give a file path in an existing folder.")
+        folder = path.resolve().parent
+        if not folder.is_dir():
+            what = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise InputError(f"Cannot write '{f}' ({flag}): its folder '{folder}' {what}; give a file path "
+                             "in an existing folder.")
+        why = unwritable(folder)
+        if why is not None:
+            raise InputError(f"Cannot write '{f}' ({flag}): in '{folder}', {why}. Give a file path in a folder "
+                             "you can write to.")
+    if len(given) == 2 and Path(csv).expanduser().resolve() == Path(mp4).expanduser().resolve():
+        raise InputError(f"--csv and --out both name '{csv}': give each its own file.")
+
+
+def _write_output(f: str, write) -> str:
+    """Run ``write`` (which writes ``f``); an OSError midway (the disk filled) becomes a sentence."""
+    from .atomic import why_not
+
+    try:
+        return str(write() or f)
+    except OSError as err:
+        raise InputError(f"Writing '{f}' failed: {why_not(err)}.") from None
 
 
 def _video(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from .atomic import atomic_write
     from .models import load_model
     from .video import DEFAULT_MAX_FRAMES, analyse_video, plan, probe, write_annotated
     from .setting import from_text, resolve
@@ -242,10 +293,9 @@ def _video(args: argparse.Namespace) -> None:
           f"{s.max_gflops:.4f} (full {s.full_gflops:.4f}); {s.saved_gflops:.3f} GFLOPs saved "
           f"({s.saved_fraction:.1%}); {s.class_changes} top-1 changes")
     if args.csv:
-        Path(args.csv).write_text(result.to_csv())
-        print(f"wrote {args.csv}")
+        print(f"wrote {_write_output(args.csv, lambda: atomic_write(Path(args.csv).expanduser(), result.to_csv()))}")
     if args.out:
-        print(f"wrote {write_annotated(result, args.out)}")
+        print(f"wrote {_write_output(args.out, lambda: write_annotated(result, Path(args.out).expanduser()))}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -245,7 +245,8 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         rows = rows[1:]
     if not rows:
         raise InputError(f"The CSV '{csv_path.name}' has no rows; write one filename,label per line.")
-    pairs, missing, seen = [], [], set()
+    pairs, missing = [], []
+    seen: dict[Path, tuple[int, str, str]] = {}  # the file, resolved -> (line, name as written, label)
     base = root.resolve()
     for line, row in rows:
         if len(row) < 2 or not row[0].strip() or not row[1].strip():
@@ -254,10 +255,13 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         first = label.split()[0]
         if first != label and _SYNSET.fullmatch(first):  # a PredictionString: the synset, then boxes
             label = first
+        # One rule for a file named twice, whatever the spelling ('a.png', './a.png', 'x/../a.png',
+        # a link): the resolved file is the key, as it is the results' (DatasetItem.name).
         path = _image_path(base, name)
-        if name in seen:
+        if path in seen:
+            _same_file_again(csv_path.name, base, path, seen[path], (line, name, label))
             continue
-        seen.add(name)
+        seen[path] = (line, name, label)
         if not path.is_relative_to(base) or not path.is_file():
             missing.append(name)
         else:
@@ -266,6 +270,19 @@ def _csv_pairs(root: Path, csv_path: Path) -> list[tuple[Path, str]]:
         raise InputError(f"The CSV names {len(missing)} file(s) that are not in '{root}': {_few(missing)}. "
                          "Filenames are relative to the folder.")
     return pairs
+
+
+def _same_file_again(csv_name: str, base: Path, path: Path, first: tuple[int, str, str],
+                     again: tuple[int, str, str]) -> None:
+    """A CSV naming one file twice: with the same label it counts once; with two labels it is
+    refused, since which one is right is the person's call, not ours."""
+    (line1, name1, label1), (line2, name2, label2) = first, again
+    if label1 == label2:
+        return
+    shown = path.relative_to(base).as_posix() if path.is_relative_to(base) else name1
+    spelt = "" if name1 == name2 == shown else f" (written '{name1}' and '{name2}')"
+    raise InputError(f"The CSV '{csv_name}' gives '{shown}' two labels: '{label1}' on line {line1} and "
+                     f"'{label2}' on line {line2}{spelt}. Keep one line per file, with its right label.")
 
 
 def _image_path(base: Path, name: str) -> Path:
@@ -310,6 +327,8 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
                          "Name the class folders (or the CSV's labels) after the model's classes.")
     base = root.resolve()
     items, badly_named, outside = [], [], []
+    listed: dict[str, tuple[str, Path]] = {}  # resolved name -> (label, the path it was listed under)
+    twice = 0
     for p, label in pairs:
         if label not in matched:
             continue
@@ -317,6 +336,15 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
             outside.append(p.relative_to(root).as_posix().encode("utf-8", "replace").decode())
             continue
         name = p.resolve().relative_to(base).as_posix()
+        if name in listed:  # a link in a class folder to another image of the folder: results key by name
+            if listed[name][0] != label:
+                first, again = (q.relative_to(root).as_posix() if q.is_relative_to(root) else str(q)
+                                for q in (listed[name][1], p))
+                raise InputError(f"'{name}' is in '{root}' twice with two labels: '{listed[name][0]}' (as "
+                                 f"'{first}') and '{label}' (as '{again}'). Remove the link, or copy the file.")
+            twice += 1  # the same file and label again: counted once
+            continue
+        listed[name] = (label, p)
         try:
             name.encode("utf-8")
         except UnicodeEncodeError:  # tables and CSV files cannot hold such a name
@@ -333,7 +361,7 @@ def load_dataset(folder: str | Path, class_names: Sequence[str], csv_path: str |
         raise InputError(f"Every image in '{root}' is a link to a file outside it: copy the files in instead.")
     if not items:
         raise InputError(f"No image in '{root}' has a file name in valid UTF-8: rename them.")
-    return Dataset(base, items, list(class_names), len(pairs), unmatched, badly_named, outside,
+    return Dataset(base, items, list(class_names), len(pairs) - twice, unmatched, badly_named, outside,
                    linked_out)
 
 

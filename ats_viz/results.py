@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import unwritable, why_not
 from .errors import InputError
 from .evaluate import SweepResult
 from .methods import format_value, get
@@ -39,12 +40,32 @@ def _setting_doc(cfg: ATSConfig) -> dict:
     return doc
 
 
+def check_out(out: Path | str) -> Path:
+    """Refuse, before a sweep, a results folder that cannot be written, with a sentence naming
+    it and why (below a file, a read-only disk, no permission): the folder is made and a file
+    written in it, then what was made for the check is removed again."""
+    out = Path(out).expanduser()
+    why = unwritable(out, keep=False)
+    if why is not None:
+        raise InputError(f"Cannot write the results to '{out}': {why}. Give a folder you can write to.")
+    return out
+
+
 def write_results(result: SweepResult, out: Path | str, timed: pd.DataFrame | None = None) -> dict[str, Path]:
     """per_image.csv, summary.csv, curve.html, curve.png and the results.json manifest;
-    ``timed`` (``timing.time_dataset``) adds measured ms_per_image and images_per_s to the summary."""
+    ``timed`` (``timing.time_dataset``) adds measured ms_per_image and images_per_s to the summary.
+    A folder that cannot be written is refused with a sentence (``check_out`` says so before a sweep)."""
+    out = check_out(out)
+    try:
+        return _write(result, out, timed)
+    except OSError as err:  # the disk filled or the folder went away midway
+        raise InputError(f"Writing the results to '{out}' failed: {why_not(err)} "
+                         f"({getattr(err, 'filename', None) or out}). Give a folder you can write to.") from None
+
+
+def _write(result: SweepResult, out: Path, timed: pd.DataFrame | None) -> dict[str, Path]:
     # Imported here: sweeping and reading results back must not load plotly, matplotlib and OpenCV.
     from .viz import curve_figure, curve_png
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_image = result.per_image()
     summary = summarize(per_image, result.full_gflops)

@@ -7,6 +7,9 @@ recomputes its chunk or everything, and an interrupted sweep resumes from its la
 Everything a result depends on is in a file's key, and the file's name is the key's digest.
 A file that does not read back cleanly is recomputed, never trusted, and said so once in the
 log (``logging``, this module's logger), so a cache that keeps failing does not fail silently.
+The cache is optional, so it never costs a run: a folder that cannot be written (a file, a
+read-only disk) is found before any image is run and the sweep goes on without caching, and a
+save that fails midway (the disk filled) stops the caching, each said once in the log.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .atomic import atomic_write
+from .atomic import atomic_write, unwritable, why_not
 from .data import DatasetItem, cache_root, fingerprint
 from .models import LoadedModel, model_hash
 from .setting import ATSConfig, resolve
@@ -60,16 +63,27 @@ class SweepCache:
     """One JSON file per (model, preprocessing, precision, setting, chunk of image files);
     ``folder`` None caches nothing."""
 
-    def __init__(self, folder: Path | None, base: dict) -> None:
+    def __init__(self, folder: Path | None, base: dict, writable: bool = True) -> None:
         self.folder, self.base = folder, base
+        self.writable = writable and folder is not None  # False: read what is there, save nothing
 
     @classmethod
     def open(cls, where: Path | str | None, model: LoadedModel, precision: str) -> SweepCache:
         """The cache for ``model`` at ``precision``: ``where`` a folder, "default"
-        (``default_cache()``) or None (no cache)."""
+        (``default_cache()``) or None (no cache). The folder is made and a file written in it
+        first: where that fails the sweep runs without caching (a folder that exists, say on
+        a read-only disk, is still read), and the log says so once."""
         folder = None if where is None else (default_cache() if where == "default" else Path(where))
+        writable = True
+        if folder is not None:
+            why = unwritable(folder)
+            if why is not None:
+                readable = folder.is_dir()
+                log.warning("The sweep cache folder %s cannot be written (%s); this sweep runs without caching%s.",
+                            folder, why, " (the results already in it are used)" if readable else "")
+                folder, writable = (folder if readable else None), False
         return cls(folder, {"version": CACHE_VERSION, "model": model_hash(model.net),
-                            "transform": repr(model.transform), "precision": precision})
+                            "transform": repr(model.transform), "precision": precision}, writable)
 
     @property
     def model_hash(self) -> str:
@@ -107,10 +121,15 @@ class SweepCache:
     def save(self, setting: dict, files: str, rows: dict[str, list], skipped: list[tuple[str, str]]) -> None:
         """Keep one setting's rows (ROWS) over one chunk; a reader sees the old file or the new one."""
         key, path = self._key(setting, files)
-        if path is None:
+        if path is None or not self.writable:
             return
         doc = {"key": key, **{c: rows[c] for c in ROWS}, "skipped": [list(s) for s in skipped]}
-        atomic_write(path, json.dumps(doc))
+        try:
+            atomic_write(path, json.dumps(doc))
+        except OSError as err:  # the disk filled, the folder went away or read-only: the run goes on
+            self.writable = False
+            log.warning("The sweep cache file %s could not be written (%s); the rest of this sweep is not cached.",
+                        path, why_not(err))
 
 
 def _distrust(path: Path, why: str) -> None:

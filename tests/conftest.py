@@ -1,4 +1,6 @@
+import errno
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +99,42 @@ def red_corner():
         return next(k for k, c in corners.items() if c[..., 0].mean() > 200 and c[..., 1].mean() < 80)
 
     return find
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)`` makes ``folder`` (made if missing) behave from then on as on a
+    read-only file system: making a folder or opening a file for writing anywhere below it
+    fails with OSError 30 (EROFS), for root too, whom permission bits do not stop. Reading
+    works. Only os.open and os.mkdir are patched: what the library's write checks use."""
+    folders: list[Path] = []
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def below(path) -> bool:
+        path = Path(os.fsdecode(path)).absolute()
+        return any(path.is_relative_to(f) for f in folders)
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fsdecode(path))
+
+    def fake_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and below(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        if below(path):
+            if os.path.lexists(path):  # as Linux says of a folder that is there
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(path))
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+    def make(folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.append(folder.absolute())
+        return folder
+
+    return make

@@ -43,6 +43,7 @@ from ats_viz import InputError, synthetic, video
 from ats_viz.data import extract_zip, load_dataset, read_image
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.models import load_model
+from ats_viz.results import RESULT_FILES
 
 ARCH = "deit_tiny_patch16_224"
 CLASSES = list(synthetic.CLASSES)
@@ -595,6 +596,7 @@ def test_a_dataset_of_only_unreadable_images_is_refused(sandbox):
     ("CSV that is a folder", "No CSV file at"),
     ("CSV naming files outside", "The CSV names 2 file(s) that are not in"),
     ("CSV not UTF-8", "is not a UTF-8 text file"),
+    ("CSV giving a file two labels", "two labels: 'circle' on line 1 and 'square' on line 2"),
 ])
 def test_dataset_page_folder(monkeypatch, sandbox, small_set, what, says):
     folder, csv = str(small_set), ""
@@ -609,6 +611,9 @@ def test_dataset_page_folder(monkeypatch, sandbox, small_set, what, says):
         path = sandbox.inputs / "labels.csv"
         if what == "CSV naming files outside":
             path.write_text("/etc/passwd,circle\n../../../../etc/hostname,circle\n")
+        elif what == "CSV giving a file two labels":
+            first = sorted((small_set / "circle").glob("*.png"))[0].relative_to(small_set).as_posix()
+            path.write_text(f"{first},circle\n./{first},square\n")
         else:
             path.write_bytes("circle/ä.png,circle\n".encode("latin-1"))
         csv = str(path)
@@ -619,6 +624,97 @@ def test_dataset_page_folder(monkeypatch, sandbox, small_set, what, says):
     no_exception(at)
     assert says in errors(at)
     assert not at.get("plotly_chart")
+
+
+# ============================================================================ labels CSVs
+# A CSV that names one file twice: the file is the resolved one whatever the spelling (results
+# key by it), so 'a.png', './a.png', 'x/../a.png' and a link to it are one file. Two labels for
+# it are refused with both lines; the same label again counts once.
+
+
+def csv_folder(root: Path, small_set: Path) -> tuple[Path, str, str]:
+    """A copy of the small set with a link to its first circle; that circle's and a square's names."""
+    data = root / "data"
+    shutil.copytree(small_set, data)
+    a, b = (sorted((data / c).glob("*.png"))[0].relative_to(data).as_posix() for c in ("circle", "square"))
+    (data / "link.png").symlink_to(data / a)
+    return data, a, b
+
+
+CSV_ROWS = [
+    ("one file, two labels", "{a},circle\n{a},square\n{b},square\n",
+     "gives '{a}' two labels: 'circle' on line 1 and 'square' on line 2."),
+    ("two spellings", "{a},circle\n./{a},square\n{b},square\n",
+     "gives '{a}' two labels: 'circle' on line 1 and 'square' on line 2 (written '{a}' and './{a}')."),
+    ("a detour, after a header", "filename,label\n{a},circle\n{b},square\nsquare/../{a},triangle\n",
+     "'circle' on line 2 and 'triangle' on line 4 (written '{a}' and 'square/../{a}')."),
+    ("a link to it", "{a},circle\n{b},square\nlink.png,square\n",
+     "'circle' on line 1 and 'square' on line 3 (written '{a}' and 'link.png')."),
+]
+
+
+@pytest.mark.parametrize("what, text, says", CSV_ROWS, ids=[r[0] for r in CSV_ROWS])
+def test_a_csv_giving_one_file_two_labels_is_refused(sandbox, small_set, what, text, says):
+    data, a, b = csv_folder(sandbox.inputs, small_set)
+    labels = sandbox.inputs / "labels.csv"
+    labels.write_text(text.format(a=a, b=b))
+    msg = refusal(load_dataset, data, CLASSES, labels)
+    assert "The CSV 'labels.csv'" in msg and says.format(a=a) in msg, msg
+
+
+@pytest.mark.parametrize("what, text, says", CSV_ROWS[:2], ids=[r[0] for r in CSV_ROWS[:2]])
+def test_a_csv_giving_one_file_two_labels_command_line(sandbox, small_set, what, text, says):
+    data, a, b = csv_folder(sandbox.inputs, small_set)
+    labels = sandbox.inputs / "dup.csv"
+    labels.write_text(text.format(a=a, b=b))
+    err = cli_refusal(["evaluate", "--data", str(data), "--csv", str(labels), "--methods", "ats", "--k", "0.5",
+                       "--out", str(sandbox.root / "out")], sandbox)
+    assert says.format(a=a) in err
+    assert not (sandbox.root / "out").exists()
+
+
+def test_a_file_named_twice_with_one_label_counts_once(sandbox, small_set):
+    data, a, b = csv_folder(sandbox.inputs, small_set)
+    labels = sandbox.inputs / "labels.csv"
+    labels.write_text(f"{a},circle\n./{a},circle\nlink.png,circle\n{b},square\n{b},square\n")
+    ds = load_dataset(data, CLASSES, labels)
+    assert [it.name for it in ds.items] == [a, b] and ds.found == 2 and ds.notes() == []
+
+
+def test_a_link_between_class_folders_is_one_image(sandbox, small_set):
+    """An ImageFolder whose class folder links to another image of the set: the same rule."""
+    data, a, _ = csv_folder(sandbox.inputs, small_set)
+    (data / "link.png").unlink()
+    (data / "circle" / "again.png").symlink_to(data / a)  # the same class: counted once
+    ds = load_dataset(data, CLASSES)
+    assert len(ds.items) == ds.found == 10 and ds.notes() == []
+    (data / "circle" / "again.png").unlink()
+    (data / "square" / "odd.png").symlink_to(data / a)  # another class: which is right is the person's call
+    msg = refusal(load_dataset, data, CLASSES)
+    assert f"'{a}' is in '{data}' twice with two labels: 'circle' (as '{a}') and 'square' (as 'square/odd.png')" in msg
+
+
+# ============================================================================ outputs
+# What cannot be written is found before any image is run: the results folder is refused
+# (the FLAG_ROWS below, test_evaluate.py and test_video.py); a cache that cannot be written
+# costs one warning and the caching, never the run.
+
+
+@pytest.mark.parametrize("where, says", [
+    ("afile", "'{cache}' is a file, not a folder"),
+    ("/proc/ats-viz-cache", "nothing can be made there"),
+])
+def test_a_cache_that_cannot_be_written_costs_a_warning_not_the_run(sandbox, small_set, where, says):
+    (sandbox.inputs / "afile").write_text("not a folder")
+    cache, out = sandbox.inputs / where, sandbox.root / "out"
+    proc = run_cli(["evaluate", "--data", str(small_set), "--methods", "ats", "--k", "0.5", "--cache", str(cache),
+                    "--out", str(out)], sandbox)
+    assert proc.returncode == 0 and "Traceback" not in proc.err, proc.err[-2000:]
+    warning = f"The sweep cache folder {cache} cannot be written ({says.format(cache=cache)}"
+    assert warning in proc.err and proc.err.count("cannot be written") == 1, proc.err[-2000:]
+    assert "this sweep runs without caching." in proc.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(RESULT_FILES)
+    assert (sandbox.inputs / "afile").read_text() == "not a folder" and not sandbox.cache.exists()
 
 
 # ============================================================================ ZIP archives
@@ -862,6 +958,27 @@ FLAG_ROWS = [
     (["evaluate", "--model", "{tmp}/missing.pth", "--arch", ARCH], "No checkpoint file at"),
     pytest.param(["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--out", "{tmp}/afile"], "",
                  id="evaluate-out-is-a-file"),
+    # Outputs that cannot be written: refused before the model loads, never after the sweep or the frames.
+    # (/proc: nothing can be made there, for root too; test_evaluate and test_video simulate a read-only disk.)
+    pytest.param(["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--out", "{tmp}/afile/results"],
+                 "afile' is a file, so no folder can be made below it", id="evaluate-out-below-a-file"),
+    pytest.param(["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--out", "/proc/ats-viz-out"],
+                 "Cannot write the results to '/proc/ats-viz-out'", id="evaluate-out-cannot-be-made"),
+    pytest.param(["benchmark", "--methods", "ats", "--k", "0.5", "--batch", "1", "--repeats", "1", "--warmup", "0",
+                  "--out", "{tmp}/afile/bench"], "afile' is a file, so no folder can be made below it",
+                 id="benchmark-out-below-a-file"),
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--csv", "/proc/ats-viz.csv"],
+                 "Cannot write '/proc/ats-viz.csv' (--csv)", id="video-csv-unwritable-folder"),
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--out", "/proc/ats-viz.mp4"],
+                 "Cannot write '/proc/ats-viz.mp4' (--out)", id="video-out-unwritable-folder"),
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--out", "{tmp}/annotated"], "its name must end in .mp4",
+                 id="video-out-without-extension"),
+    pytest.param(["video", "{clip}", "--max-frames", "1", "--out", "{tmp}/afile/annotated.mp4"],
+                 "afile' is a file, not a folder", id="video-out-below-a-file"),
+    # A labels CSV giving one file two labels (tests the rule's spellings in the library above).
+    pytest.param(["evaluate", "--data", "{data}", "--csv", "{tmp}/twice.csv", "--methods", "ats", "--k", "98",
+                  "--out", "{tmp}/twice"], "two labels: 'circle' on line 1 and 'square' on line 2",
+                 id="evaluate-csv-names-a-file-twice"),
 ]
 
 
@@ -895,6 +1012,8 @@ def _row_args(row) -> list[str]:
 def flag_results(tmp_path_factory, clip, small_set) -> tuple[Path, list[dict]]:
     tmp = tmp_path_factory.mktemp("flags")
     (tmp / "afile").write_text("an existing file")
+    first = sorted((small_set / "circle").glob("*.png"))[0].relative_to(small_set).as_posix()
+    (tmp / "twice.csv").write_text(f"{first},circle\n./{first},square\n")
     rows = [[a.format(clip=clip, data=small_set, tmp=tmp) for a in _row_args(r)] for r in FLAG_ROWS]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "ATS_VIZ_CACHE": str(tmp / "cache"), "TMPDIR": str(tmp),
            "OMP_NUM_THREADS": "1"}

@@ -225,6 +225,98 @@ def test_cli_refuses_with_a_sentence(folder, tmp_path, capsys):
     assert "K must be at least 2 (got 1)" in capsys.readouterr().err
 
 
+def _not_here(*args, **kwargs):
+    raise AssertionError("reached: the refusal should have come first")
+
+
+@pytest.mark.parametrize("where, says", [
+    ("afile/results", "afile' is a file, so no folder can be made below it."),
+    ("afile", "afile' is a file, not a folder."),
+    ("read-only/results", "it is on a read-only file system."),
+    ("read-only", "it is on a read-only file system."),
+    ("/proc/ats-viz-out", "Cannot write the results to '/proc/ats-viz-out'"),
+])
+def test_cli_refuses_a_results_folder_it_cannot_write_before_loading_the_model(folder, tmp_path, capsys, monkeypatch,
+                                                                            read_only, where, says):
+    (tmp_path / "afile").write_text("a file")
+    read_only(tmp_path / "read-only")
+    monkeypatch.setattr("ats_viz.models.load_model", _not_here)
+    out = tmp_path / where
+    assert main(["evaluate", "--data", str(folder), "--k", "98", "--methods", "ats", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --out: Cannot write the results to '{out}': ") and says in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "read-only"]  # nothing made for the check stays
+
+
+def test_cli_says_when_the_bundled_set_cannot_be_written(tmp_path, monkeypatch, capsys, read_only):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(read_only(tmp_path / "cache")))
+    assert main(["evaluate", "--k", "98", "--methods", "ats", "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "error: The bundled held-out set cannot be written to" in err and "read-only file system" in err, err
+    assert "Set ATS_VIZ_CACHE to a folder you can write to, or give --data." in err
+
+
+def test_write_results_says_why_it_cannot(model, folder, tmp_path, read_only):
+    from ats_viz.results import check_out, write_results
+
+    result = run_sweep(model, load_dataset(folder, model.class_names, subset=2), make_settings({"ats": [98]}),
+                       cache=None)
+    ro = read_only(tmp_path / "ro")
+    assert "on a read-only file system" in _refusal(write_results, result, ro / "results")
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in _refusal(write_results, result, tmp_path / "afile" / "results")
+    assert check_out(tmp_path / "new" / "results") == tmp_path / "new" / "results"
+    assert not (tmp_path / "new").exists()  # the check leaves nothing behind
+    assert sorted(write_results(result, tmp_path / "new" / "results")) == sorted(RESULT_FILES)
+
+
+def test_a_cache_folder_that_cannot_be_written_costs_a_warning_not_the_run(model, tmp_path, caplog, read_only):
+    data = write_imagefolder(tmp_path / "data", per_class=1, seed=3)
+    ds = load_dataset(data, model.class_names)
+    settings = make_settings({"ats": [98]})
+    plain = run_sweep(model, ds, settings, batch=4, cache=None).per_image()
+    (tmp_path / "afile").write_text("not a folder")
+    cache = tmp_path / "cache"
+    run_sweep(model, ds, settings, batch=4, cache=cache)
+    files = sorted(cache.iterdir())
+    read_only(cache)
+    with caplog.at_level(logging.WARNING, logger="ats_viz.sweepcache"):
+        for where, why in [(tmp_path / "afile", "'{}' is a file, not a folder"),
+                           (tmp_path / "afile" / "sweeps", "'{}' is a file, so no folder can be made below it"),
+                           (cache, "it is on a read-only file system")]:
+            caplog.clear()
+            result = run_sweep(model, ds, make_settings({"ats": [98, 49]}), batch=4, cache=where)
+            said = [r.getMessage() for r in caplog.records]
+            assert said == [f"The sweep cache folder {where} cannot be written ({why.format(tmp_path / 'afile')}); "
+                            "this sweep runs without caching" + (" (the results already in it are used)."
+                                                                 if where == cache else ".")]
+            assert result.per_image().query("setting != 'ats K=49'").reset_index(drop=True).equals(plain)
+        assert result.cached == ["full", "ats K=98"] and result.computed == ["ats K=49"]  # read, though not written
+    assert sorted(cache.iterdir()) == files and (tmp_path / "afile").read_text() == "not a folder"
+
+
+def test_a_cache_that_fails_midway_warns_once_and_the_sweep_goes_on(model, tmp_path, caplog, monkeypatch):
+    import errno
+
+    data = write_imagefolder(tmp_path / "data", per_class=1, seed=3)
+    ds = load_dataset(data, model.class_names)
+    settings = make_settings({"ats": [98], "topk": [49]})
+    plain = run_sweep(model, ds, settings, batch=2, cache=None)
+    saved = []
+
+    def full_disk(path, data):
+        saved.append(path)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("ats_viz.sweepcache.atomic_write", full_disk)
+    with caplog.at_level(logging.WARNING, logger="ats_viz.sweepcache"):
+        result = run_sweep(model, ds, settings, batch=2, chunk=4, cache=tmp_path / "cache")
+    said = [r.getMessage() for r in caplog.records]
+    assert len(saved) == 1 and said == [f"The sweep cache file {saved[0]} could not be written (the disk is full); "
+                                        "the rest of this sweep is not cached."]
+    assert result.per_image().equals(plain.per_image())
+
+
 def _refusal(fn, *args, **kwargs) -> str:
     with pytest.raises(InputError) as err:
         fn(*args, **kwargs)

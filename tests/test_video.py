@@ -231,6 +231,35 @@ def test_command_line(clip, tmp_path, capsys):
     assert "empty (0 bytes)" in err and "Traceback" not in err
 
 
+def _not_here(*args, **kwargs):
+    raise AssertionError("reached: the refusal should have come first")
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--csv", "/proc/ats-viz.csv"], "Cannot write '/proc/ats-viz.csv' (--csv): in '/proc', "),
+    (["--out", "/proc/ats-viz.mp4"], "Cannot write '/proc/ats-viz.mp4' (--out): in '/proc', "),
+    (["--csv", "{ro}/frames.csv"], "(--csv): in '{ro}', it is on a read-only file system."),
+    (["--out", "{ro}/annotated.mp4", "--csv", "{tmp}/frames.csv"], "(--out): in '{ro}', it is on a read-only file system."),
+    (["--out", "{tmp}/annotated"], "the annotated video is an MP4, so its name must end in .mp4."),
+    (["--out", "{tmp}/annotated.avi"], "so its name must end in .mp4."),
+    (["--out", "{tmp}/afile/annotated.mp4"], "its folder '{tmp}/afile' is a file, not a folder"),
+    (["--csv", "{tmp}/nowhere/frames.csv"], "its folder '{tmp}/nowhere' does not exist"),
+    (["--csv", "{tmp}"], "it is a folder"),
+    (["--csv", "{tmp}/same.mp4", "--out", "{tmp}/same.mp4"], "--csv and --out both name"),
+])
+def test_outputs_are_checked_before_the_model_loads_or_a_frame_is_read(clip, tmp_path, read_only, monkeypatch,
+                                                                       capsys, flags, says):
+    ro = read_only(tmp_path / "ro")
+    (tmp_path / "afile").write_text("a file")
+    for name in ("load_model", "probe", "analyse_video"):
+        monkeypatch.setattr(f"ats_viz.{'models' if name == 'load_model' else 'video'}.{name}", _not_here)
+    args = [a.format(tmp=tmp_path, ro=ro) for a in flags]
+    assert main(["video", str(clip), "--max-frames", "2", *args]) == 2
+    err = capsys.readouterr().err
+    assert says.format(tmp=tmp_path, ro=ro) in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ro"]
+
+
 def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
     """32 top-1 changes in 6 s (the issue's clip): written out, the names overlap into a red smear."""
     top1 = [synthetic.CLASSES[(i + 1) // 2 % 10] for i in range(64)]  # a new class every other frame
