@@ -74,10 +74,10 @@ def size_text(size: int) -> str:
     return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
 
 
-def _root() -> Path:
-    from .data import cache_root  # data imports this module
-
-    return cache_root()
+def cache_root() -> Path:
+    """Where ats-viz keeps what it can recompute: $ATS_VIZ_CACHE, else ~/.cache/ats-viz."""
+    env = os.environ.get("ATS_VIZ_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ats-viz"
 
 
 def _folder_size(path: Path, info: os.stat_result) -> int:
@@ -95,7 +95,7 @@ def _folder_size(path: Path, info: os.stat_result) -> int:
 
 def entries() -> list[Entry]:
     """Everything the app wrote under its cache and may remove, oldest use first."""
-    root = _root()
+    root = cache_root()
     found = []
     for folder, pattern in ((root, _HELDOUT), (root / "uploads", _UPLOAD), (root / "sweeps", _SWEEP)):
         try:

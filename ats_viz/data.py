@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from . import cachebudget
+from .cachebudget import cache_root
 from .atomic import atomic_folder, atomic_write
 from .errors import InputError
 from .paths import within
@@ -416,12 +417,6 @@ def collate_decoded(batch: list[tuple[int, torch.Tensor | None, str | None]]
     good = [(i, x) for i, x, _ in batch if x is not None]
     bad = [(i, why) for i, x, why in batch if x is None]
     return [i for i, _ in good], (torch.stack([x for _, x in good]) if good else None), bad
-
-
-def cache_root() -> Path:
-    """Where ats-viz keeps what it can recompute: $ATS_VIZ_CACHE, else ~/.cache/ats-viz."""
-    env = os.environ.get("ATS_VIZ_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ats-viz"
 
 
 @functools.cache

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import atomic_write, unwritable, why_not
-from .data import DatasetItem, cache_root, fingerprint
+from .cachebudget import cache_root
+from .data import DatasetItem, fingerprint
 from .models import LoadedModel, model_hash
 from .setting import ATSConfig, resolve
 
