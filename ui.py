@@ -263,6 +263,16 @@ def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig
     return hit[0]
 
 
+def shipped_model_note(loaded: LoadedModel) -> None:
+    """Beside a shipped model's prediction: what it knows, so a photo's answer is not misread."""
+    if not loaded.card:  # only the shipped models carry a card
+        return
+    st.caption(f"The shipped model knows {len(loaded.class_names)} synthetic shapes ({', '.join(loaded.class_names)}), "
+               "so any picture gets one of them. For photos, choose **timm pretrained model** in the sidebar "
+               "(deit_small_patch16_224 is the ATS paper's); it needs its weights from the network or a "
+               "Hugging Face cache.")
+
+
 def image_input(key: str) -> tuple[str, bytes] | None:
     """An uploaded image, one sent from the Dataset page, or a bundled sample: (name, bytes)."""
     samples = sorted(SAMPLES.glob("*.png"))

@@ -39,6 +39,7 @@ with right:
     m[2].metric("Saved", f"{1 - gf / full_gf:.1%}", help=f"Full model: {full_gf:.3f} GFLOPs")
     m[3].metric("Top-1", top_ats[0][0], "same as full" if agree else f"full says {top_full[0][0]}",
                 delta_color="normal" if agree else "inverse")
+    ui.shipped_model_note(loaded)
     st.plotly_chart(viz.tokens_figure({settings.config.label(): res, FULL.label(): full}), width="stretch")
 
 speed = ui.measured_speed(loaded, x, [settings.config], "image")

@@ -214,6 +214,14 @@ def test_compare_methods_at_equal_cost(monkeypatch, model):
     assert [t["line"]["color"] for t in curves] == ["rgb({},{},{})".format(*METHODS[m].colour) for m in REDUCERS]
 
 
+def test_the_shipped_model_says_what_it_knows_beside_its_prediction(monkeypatch, model):
+    # A photo gets one of ten shapes: the page says so, and where a model for photos is.
+    at = open_app(monkeypatch, "1_Image.py")
+    note = next(c.value for c in at.caption if "synthetic shapes" in c.value)
+    assert f"knows {len(model.class_names)} synthetic shapes ({', '.join(model.class_names)})" in note
+    assert "timm pretrained model" in note and "deit_small_patch16_224" in note
+
+
 def test_an_image_sent_from_the_dataset_page_is_shown(monkeypatch, model):
     data = png(synthetic.sample((9, 9), label=6)[0])
     at = open_app(monkeypatch, "1_Image.py", state={"image_from_dataset": ("hexagon/x.png", data)})
