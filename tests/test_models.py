@@ -39,11 +39,28 @@ def test_the_model_cards_heldout_numbers_are_what_the_engine_gives_today(name):
     with torch.no_grad():
         got = heldout_metrics(m.net)
     card = m.card["heldout"]
-    assert card["images"] >= 2000 and card["seed"] == HELDOUT_SEED
-    exact = ("images", "seed", "top1_full", "top1_ats", "top1_full_ci", "top1_ats_ci")
+    n = card["images"]
+    assert n >= 2000 and card["seed"] == HELDOUT_SEED
+    # The full model picks no tokens: its counts and GFLOPs are exact arithmetic, and its top-1 could
+    # move only where two logits tie within float noise.
+    exact = ("images", "seed", "top1_full", "top1_full_ci", "gflops_full")
     assert {k: got[k] for k in exact} == {k: card[k] for k in exact}
-    for key in ("gflops_ats", "ats_tokens_first_stage", "ats_tokens_final"):
-        assert got[key] == pytest.approx(card[key], rel=1e-6)
+    # ATS's picks are nearest-point comparisons, so another CPU's rounding can move a token where
+    # two CDF values nearly tie. Measured against float64 arithmetic (another rounding of the same
+    # math) on this set: 4 images of 2,000 move a token on the plain model, 13 on the ATS-tuned one,
+    # and none changes its top-1 or its first stage's count; the worst moves its final count by 2
+    # and its GFLOPs by 0.0012. The tolerance lets 1% of the images (20) move up to 4 tokens in every
+    # block from the first stage on and change their correctness: what an engine change moving
+    # tokens broadly would exceed many times over.
+    moved, tokens = n // 100, 4
+    blocks = len(m.net.blocks)
+    first = blocks // 4  # ATS's first stage; a token dropped there is missing from every later block
+    one_token = m.card["heldout"]["gflops_full"] / (blocks * (m.net.patch_embed.num_patches + 1))
+    per_image = tokens * (blocks - first) * one_token * 2  # x 2: attention grows with the count
+    assert abs(got["top1_ats"] - card["top1_ats"]) * n <= moved
+    assert got["gflops_ats"] == pytest.approx(card["gflops_ats"], abs=moved * per_image / n)
+    for key in ("ats_tokens_first_stage", "ats_tokens_final"):
+        assert got[key] == pytest.approx(card[key], abs=moved * tokens / n)
 
 
 @pytest.fixture(scope="module")
