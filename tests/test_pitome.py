@@ -1,7 +1,10 @@
 """PiToMe's merge (ats_viz/pitome.py): the contract every reducer keeps (counts, prefix, sizes,
-dest, batches) and the authors' rule, checked against a plain per-image loop written here."""
+dest, batches), the authors' rule checked against a plain per-image loop written here, and the
+authors' own output on a fixture made by their code."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,3 +153,24 @@ def test_the_authors_schedules():
         r = pitome_r(t, 0.9)
         assert t - r >= 0.9 * t - 1e-9 and t - r < 0.9 * t + 1
         t -= r
+
+
+def test_the_authors_merges_on_their_own_fixture():
+    """The authors' code (hchautran/PiToMe, algo/pitome/merge.py), run once outside this project
+    on small seeded float64 inputs, both variants, with and without sizes: the same tokens
+    merge into the same ones, in the same leaving order, to the same values. Float64, so no
+    near-tie in energy can rank differently on another machine."""
+    doc = json.loads((Path(__file__).parent / "data" / "pitome_authors.json").read_text())
+    assert len(doc["cases"]) == 8
+    for case in doc["cases"]:
+        x = torch.tensor(case["x"], dtype=torch.float64)[None]
+        metric = torch.tensor(case["metric"], dtype=torch.float64)[None]
+        size = None if case["size"] is None else torch.tensor(case["size"], dtype=torch.float64)[None, :, None]
+        r = pitome_r(x.shape[1] - 1, case["ratio"])
+        assert r == case["r"]
+        out = pitome_merge(x, metric, size, r, 1, case["margin"], bsm=case["bsm"])
+        dest = out.dest[0].tolist()
+        groups = [[0]] + [[1 + i for i, d in enumerate(dest) if d == j] for j in range(out.x.shape[1] - 1)]
+        assert groups == case["groups"], (case["bsm"], case["ratio"])
+        assert torch.allclose(out.x[0], torch.tensor(case["merged"], dtype=torch.float64), atol=1e-12)
+        assert out.size[0, :, 0].tolist() == case["merged_size"]
