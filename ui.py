@@ -17,7 +17,7 @@ import torch
 from ats_viz import ATSConfig, InputError, run_ats
 from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
-from ats_viz.methods import METHODS, format_value, get
+from ats_viz.methods import METHODS, format_stages, format_value, get
 from ats_viz.setting import from_text
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
@@ -66,7 +66,10 @@ def _init_state() -> None:
     if st.session_state.method not in METHODS:
         st.session_state.method = "ats"
     for field, o in OPTIONS.items():  # the URL gives text: the choice it names, else the default
-        st.session_state[field] = next((c for c in o.choices if str(c) == str(st.session_state[field])), o.default)
+        text = str(st.session_state[field])
+        # yes/no: how links made before the options came from the registry wrote a yes-or-no choice
+        words = {"yes": True, "no": False} if isinstance(o.default, bool) else {}
+        st.session_state[field] = next((c for c in o.choices if str(c) == text), words.get(text.lower(), o.default))
 
 
 def sidebar_options() -> dict:
@@ -109,9 +112,7 @@ def sidebar() -> Settings | None:
         st.header("Token reduction")
         st.selectbox("Method", list(METHODS), format_func=lambda n: METHODS[n].label, **_bind("method"))
         method = METHODS[st.session_state.method]
-        st.text_input("Stages (blocks)", placeholder="the method's default",
-                      help="Block indices that reduce, from 0: '3-11' or '3, 6, 9'. Empty: ATS, top-K and "
-                           "random depth/4 to the last; ToMe every block; EViT 3, 6, 9 of 12.", **_bind("stages"))
+        st.text_input("Stages (blocks)", placeholder="the method's default", help=STAGES_HELP, **_bind("stages"))
         if method.param is not None:
             st.text_input(f"{method.param.symbol} ({method.label})", help=method.param.help,
                           placeholder=f"its default, {format_value(method.param.default)}", **_bind(method.param.field))
@@ -140,6 +141,10 @@ def sidebar() -> Settings | None:
     return Settings(model, arch, config, st.session_state.stages)
 
 
+# Each method's own stages, as the registry says them for a 12-block ViT.
+STAGES_HELP = ("Block indices that reduce, from 0: '3-11' or '3, 6, 9'. Empty: each method's own; of 12 blocks, "
+               + "; ".join(f"{m.label} {format_stages(m.default_stages(12))}" for m in METHODS.values() if m.reduces)
+               + " (scaled to other depths).")
 STAGE_LEGEND = ("Outlined: tokens that leave the stage; outlined in blue: patches fused into one token; "
                 "dimmed: patches dropped.",
                 "Each merged token tints the patches it holds in one colour, with a white line where two "

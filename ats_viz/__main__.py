@@ -69,6 +69,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from .data import heldout_folder, heldout_path, load_dataset
     from .devices import autocast, check_device
     from .evaluate import CHUNK, Progress, make_settings, run_sweep
+    from .sweepcache import DEFAULT
     from .models import load_model
     from .results import check_out, write_results
     from .setting import resolve
@@ -112,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> None:
             bar.update(p.done - bar.n)
 
         part = run_sweep(model, dataset, settings, batch=args.batch, device=device,
-                         cache=None if args.no_cache else (args.cache or "default"), progress=show,
+                         cache=None if args.no_cache else (args.cache or DEFAULT), progress=show,
                          precision=args.precision, workers=args.workers,
                          chunk=CHUNK if args.chunk is None else args.chunk,
                          shard=(world.rank, world.size))
@@ -221,7 +222,7 @@ def _method_options(p: argparse.ArgumentParser, ladder: bool) -> None:
     for param in {m.param.field: m.param for m in METHODS.values() if m.param}.values():
         users = ", ".join(m.label for m in METHODS.values() if m.param and m.param.field == param.field)
         what = f"the {param.symbol} ladder of {users}, comma-separated (default: each method's own)" if ladder else \
-            f"{param.symbol} for {users}: {param.help}"
+            f"{param.symbol} for {users} (default: each method's own)"
         p.add_argument(f"--{param.field.replace('_', '-')}", dest=param.field, help=what)
     p.add_argument("--stages", default="", help="blocks that reduce, such as 3-11 or 3,6,9 (default: each method's own)")
     p.add_argument("--no-fuse", dest="fuse_token", action="store_false", help="EViT drops tokens instead of fusing them")

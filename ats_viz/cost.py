@@ -1,6 +1,6 @@
 """Costs known before a run, and settings chosen to cost the same.
 
-Top-K, random, ToMe and EViT reduce by fixed rules, so their token counts (and GFLOPs) follow
+Top-K, random, ToMe, EViT and PiToMe reduce by fixed rules, so their token counts (and GFLOPs) follow
 from the setting alone, by the same ``Reducer.tokens_out`` the engine reduces by; ATS adapts
 to each image, so its cost is measured by running it. To compare methods at equal cost,
 ``equal_cost`` picks each fixed-rate method's parameter whose GFLOPs land nearest a target,

@@ -31,7 +31,7 @@ from .errors import InputError
 from .models import LoadedModel, on_device
 from .methods import Value, get
 from .stats import summarize
-from .sweepcache import ROWS, SweepCache, files_digest, setting_key
+from .sweepcache import DEFAULT, ROWS, SweepCache, files_digest, setting_key
 from .setting import FULL, ATSConfig, resolve
 from .vit import ATSResult, embed, finish, fork, run_blocks
 
@@ -209,12 +209,12 @@ def _value_of(cfg: ATSConfig, depth: int, num_patches: int) -> float:
 
 
 def run_sweep(model: LoadedModel, dataset: Dataset, settings: Sequence[ATSConfig], batch: int = 32,
-              device: str = "cpu", cache: Path | str | None = "default",
+              device: str = "cpu", cache: Path | str | None = DEFAULT,
               progress: Callable[[Progress], None] | None = None, precision: str = "fp32",
               workers: int = 0, chunk: int = CHUNK, shard: tuple[int, int] = (0, 1)) -> SweepResult:
     """Evaluate every setting on every image of ``dataset``, computing only what is not cached.
 
-    cache: a folder, "default" (``sweepcache.default_cache()``) or None (no cache). The images
+    cache: a folder, ``sweepcache.DEFAULT`` (``default_cache()``) or None (no cache). The images
     are split into chunks of ``chunk`` in dataset order; each chunk is cached per setting as
     soon as it is done, so an interrupted sweep loses at most the chunk in hand. Batches never
     straddle a chunk, so an image meets the same batch neighbours whatever the number of
@@ -357,7 +357,10 @@ def _compute(model: LoadedModel, dev: torch.device, precise: contextlib.Abstract
     with torch.inference_mode(), precise:
         for w, batches in zip(work, plan):
             part = {j: SettingRun(settings[j]) for j in w.missing}  # this chunk's rows, for the cache
-            part_skipped: list[tuple[str, str]] = []
+            part_skipped: list[tuple[str, str]] = []  # unreadable: the same under every setting
+            # Not finite under one setting: cached with that setting alone, so a later sweep of
+            # another setting still scores the image (this sweep leaves it out of all, in _finish).
+            part_broken: dict[int, list[tuple[str, str]]] = {j: [] for j in w.missing}
             for n, wanted in enumerate(batches, start=1):
                 indices, x, bad = next(loaded)
                 if sorted([*indices, *(i for i, _ in bad)]) != wanted:
@@ -369,12 +372,11 @@ def _compute(model: LoadedModel, dev: torch.device, precise: contextlib.Abstract
                     names = [items[i].name for i in indices]
                     x = x.to(dev, non_blocking=True)
                     missing = [settings[j] for j in w.missing]
-                    results = sweep_batch(net, x, missing)
-                    broken = not_finite(results, missing)  # skipped like an unreadable image, with why
-                    for p, why in broken.items():
-                        tally.skipped[names[p]] = why
-                        part_skipped.append((names[p], why))
-                    for j, res in zip(w.missing, results):
+                    for j, res in zip(w.missing, sweep_batch(net, x, missing)):
+                        broken = not_finite([res], [settings[j]])  # skipped like an unreadable image, with why
+                        for p, why in broken.items():
+                            tally.skipped.setdefault(names[p], why)
+                            part_broken[j].append((names[p], why))
                         rows = SettingRun.of(settings[j], names, res, drop=broken)
                         part[j].extend(rows)
                         tally.add(j, rows)
@@ -383,7 +385,7 @@ def _compute(model: LoadedModel, dev: torch.device, precise: contextlib.Abstract
                 tally.evaluations += len(wanted) * len(w.missing)
                 if n == len(batches):  # the chunk is whole: cache it before reporting it done
                     for j in w.missing:
-                        store.save(keys[j], w.files, part[j].rows(), part_skipped)
+                        store.save(keys[j], w.files, part[j].rows(), part_skipped + part_broken[j])
                 tally.report()
 
 

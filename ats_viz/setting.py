@@ -5,7 +5,8 @@ and has one stable ``id``, written to be read: "ats K=0.5", "evit keep=0.7 unfus
 "random K=0.5 seed=3", "tome r=13 stages=0-5". Runs, the disk cache, timing, session state
 and every CSV key a setting by its id, so two settings that differ in anything that changes
 a run (stages included) never share one. Fields the method does not read are reset to their
-defaults on construction, so equal ids mean equal settings.
+defaults on construction (and a one-value tuple is that value, stages are sorted), so equal
+ids mean equal settings.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from .methods import Value, format_stages, format_value, get, parse_stages
 class ATSConfig:
     """Where and how to reduce tokens: one setting of one method (see ``methods.METHODS``).
 
-    method: "ats", "topk", "random", "tome", "evit", "pitome" or "full" (no reduction); an unknown name
-       is refused with a sentence.
+    method: a name in the registry ("ats", "topk", "random", "tome", "evit", "pitome"; "full":
+       no reduction); an unknown name is refused with a sentence.
     stages: the blocks (0-based) that reduce; None means the method's own default (ATS and its
        baselines: depth // 4 to the end; ToMe: every block; EViT: blocks 3, 6, 9 of 12).
     k: ATS, top-K and random's budget per stage: None (all patch tokens of the input), an int,
        a float fraction of the input's patch tokens, or one such value per stage.
-    r: ToMe's tokens merged per block: an int, one per stage, a per-block list, or ToMe's
-       (r, inflection) schedule (``methods.Inflected``, or the pair with a float inflection).
+    r: ToMe's tokens merged per block: an int, one per stage, a per-block list (``methods.PerBlock``),
+       or ToMe's (r, inflection) schedule (``methods.Inflected``, or the pair with a float
+       inflection); None is ToMe's 13.
     keep_rate: EViT's fraction of the patch tokens kept at each stage, or PiToMe's in each
        block (or one per stage); None is the method's own default (EViT 0.7, PiToMe 0.9125).
     fuse_token: EViT fuses the tokens it drops into one (EViT's default) or drops them.
@@ -39,7 +41,7 @@ class ATSConfig:
     k: Value = None
     method: str = "ats"
     seed: int = 0
-    r: Value = 13
+    r: Value = None
     keep_rate: Value = None
     fuse_token: bool = True
 
@@ -55,8 +57,10 @@ class ATSConfig:
             elif m.param is not None and f.name == m.param.field:
                 value = m.canonical(m.param.default if value is None else value)
             object.__setattr__(self, f.name, value)
-        if self.stages is not None:
-            object.__setattr__(self, "stages", tuple(self.stages))
+        if self.stages is not None:  # in block order: (5, 3) and (3, 5) are one setting
+            stages = tuple(self.stages)
+            object.__setattr__(self, "stages", tuple(sorted(stages)) if all(
+                isinstance(s, int) and not isinstance(s, bool) for s in stages) else stages)
 
     def _words(self, name: str) -> str:
         m = get(self.method)

@@ -28,7 +28,7 @@ from .data import DatasetItem, fingerprint
 from .models import LoadedModel, model_hash
 from .setting import ATSConfig, resolve
 
-CACHE_VERSION = 3  # 2: one file per setting and chunk of images, precision in the key; 3: keyed by the setting's id
+CACHE_VERSION = 3  # 2: one file per setting and chunk of images, precision in the key; 3: the setting's id and plan
 ROWS = ("names", "pred", "confidence", "gflops", "tokens")  # the columns of a setting's rows
 
 log = logging.getLogger(__name__)
@@ -36,15 +36,26 @@ _warned: set[tuple[str, int]] = set()  # (file, its mtime): each unusable file i
 _warned_lock = threading.Lock()  # sessions are threads
 
 
+class _Default:
+    """The cache's own folder, named before the environment is read (``default_cache``)."""
+
+    def __repr__(self) -> str:
+        return "sweepcache.DEFAULT"
+
+
+DEFAULT = _Default()
+
+
 def default_cache() -> Path:
     return cache_root() / "sweeps"
 
 
-def setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> str:
-    """The setting's id (everything its results depend on, with the model's digest beside it);
-    refuses an impossible setting with a sentence."""
-    resolve(cfg, depth, num_patches)
-    return cfg.id
+def setting_key(cfg: ATSConfig, depth: int, num_patches: int) -> dict:
+    """What a setting's results depend on: its id, and the plan it resolves to on this model
+    (so a change to a method's default stages or schedule never serves old results); refuses
+    an impossible setting with a sentence."""
+    plan = resolve(cfg, depth, num_patches)
+    return {"id": cfg.id, "plan": {str(b): v for b, v in sorted(plan.items())}}
 
 
 def files_digest(items: Sequence[DatasetItem]) -> str:
@@ -65,16 +76,18 @@ class SweepCache:
     ``folder`` None caches nothing."""
 
     def __init__(self, folder: Path | None, base: dict, writable: bool = True) -> None:
+        """``folder``: where the files go; ``base``: what every key holds (version, model,
+        preprocessing, precision)."""
         self.folder, self.base = folder, base
         self.writable = writable and folder is not None  # False: read what is there, save nothing
 
     @classmethod
-    def open(cls, where: Path | str | None, model: LoadedModel, precision: str) -> SweepCache:
-        """The cache for ``model`` at ``precision``: ``where`` a folder, "default"
+    def open(cls, where: Path | str | _Default | None, model: LoadedModel, precision: str) -> SweepCache:
+        """The cache for ``model`` at ``precision``: ``where`` a folder, ``DEFAULT``
         (``default_cache()``) or None (no cache). The folder is made and a file written in it
         first: where that fails the sweep runs without caching (a folder that exists, say on
         a read-only disk, is still read), and the log says so once."""
-        folder = None if where is None else (default_cache() if where == "default" else Path(where))
+        folder = None if where is None else (default_cache() if where is DEFAULT else Path(where))
         writable = True
         if folder is not None:
             why = unwritable(folder)

@@ -1,10 +1,12 @@
 """Token reduction plugged into timm's VisionTransformer, without forking timm.
 
 ``run_ats`` walks the model's own modules block by block (same weights, same order of
-operations as timm). At each stage of ATS (or top-K, random) it scores the patch tokens,
-picks the survivors and carries only them on; a batch is padded to its largest token set and
-the padded keys are masked, so every image keeps exactly what it would keep alone. ToMe and
-EViT reduce after the attention residual instead (``merge.py``), the same count per image.
+operations as timm) and, at each stage, hands the block to the setting's reducer
+(``methods``) at its place: inside the attention, where ATS, top-K and random score the patch
+tokens and only the survivors' query rows go on (ATS's counts differ per image, so a batch is
+padded to its largest set and the padded keys are masked: every image keeps exactly what it
+would keep alone), or after the attention residual, where ToMe, EViT and PiToMe reduce every
+image to the same count.
 ``patch_vit`` swaps the model's class (as ToMe does) so that ``net(images)`` returns the
 reduced model's logits.
 """
@@ -35,7 +37,7 @@ class StageTrace:
     """
 
     block: int
-    value: int | float  # the stage's number: K for ATS, top-K and random, r for ToMe, keep rate for EViT
+    value: int | float  # the stage's parameter (K, r, a keep rate), as the method's plan gives it
     present: Tensor  # B x n bool: False for padding
     token_scores: Tensor  # B x n: the method's evidence (ATS: significance summing to 1 per image)
     kept: Tensor  # B x n bool: entering tokens that leave as themselves
@@ -89,7 +91,7 @@ class StageTrace:
 
     @cached_property
     def merged_mask(self) -> Tensor:
-        """B x P bool: patches whose token merged into another here (ToMe) or fused (EViT)."""
+        """B x P bool: patches whose token merged into another here (ToMe, PiToMe) or fused (EViT)."""
         return (self.owner_out >= 0).cpu() & ~self.kept_mask
 
     @cached_property
@@ -147,7 +149,7 @@ class ATSResult:
             "stages": [
                 {
                     "block": s.block,
-                    get(self.config.method).param.field: s.value,
+                    "value": s.value,  # the method's parameter at this stage, as the tables name it
                     "tokens_in": int(self.patch_counts[index, s.block]),
                     "tokens_out": int(s.tokens_out[index]),
                     "kept": torch.nonzero(s.kept_mask[index]).flatten().tolist(),
@@ -191,7 +193,7 @@ class TokenState:
     x: Tensor  # B x (prefix + P) x D
     pos: Tensor  # B x P long: each patch token's index on the original grid (pruning methods)
     valid: Tensor  # B x P bool: False for padding
-    size: Tensor | None  # B x (prefix + P) x 1: patches each token holds (ToMe), None until merging
+    size: Tensor | None  # B x (prefix + P) x 1: patches each token holds (merging), None until a merge
     counts: list[Tensor]  # token counts entering each block so far (B each)
     stages: list[StageTrace]
     next_block: int

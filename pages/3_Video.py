@@ -71,7 +71,7 @@ c3.markdown(f"**{path.name if upload is None else upload.name}**: {info.width} x
             f"{info.fps:.3g} fps, {length}, codec {info.codec}.  \n"
             f"Analysing one frame in {stride}: {expected or 'up to ' + str(max_frames)} frames.")
 
-key = (source, model_hash(loaded.net), settings.config, stride, int(max_frames))
+key = (source, model_hash(loaded.net), settings.config.id, stride, int(max_frames))
 stored = st.session_state.get("video_result")
 if stored is not None and not stored[1].frames:
     st.info("Stopped (while queued, or before the first frame was done). Press Analyse again.")

@@ -16,6 +16,7 @@ from ats_viz.data import (Dataset, dataset_stamp, extract_zip, heldout_descripti
                           load_dataset)
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
+from ats_viz.setting import FULL
 from ats_viz.paths import OFF, confine, typed_paths_allowed
 from ats_viz.results import load_results, results_zip
 from ats_viz.stats import summarize
@@ -264,10 +265,10 @@ if timed is not None:
     st.caption(f"Measured ms per image: median of 3 batches of {timed['at'][0]}, every setting in turn, on "
                f"{timed['machine']}; the full model as timm's own forward.")
 if result.skipped:
-    with st.expander(f"{len(result.skipped)} unreadable image(s) skipped"):
+    with st.expander(f"{len(result.skipped)} image(s) skipped: unreadable, or outputs that are not numbers"):
         st.dataframe(pd.DataFrame(result.skipped, columns=["image", "why"]), hide_index=True)
 show(per_image, summary, result.full_gflops, loaded.class_names)
-ui.extremes_gallery(per_image, dataset.root, st.session_state.get("ds_hist_setting") or "full")
+ui.extremes_gallery(per_image, dataset.root, st.session_state.get("ds_hist_setting") or FULL.id)
 d = st.columns(3)
 d[0].download_button("Per-image table (CSV)", per_image.to_csv(index=False), file_name="per_image.csv",
                      mime="text/csv")

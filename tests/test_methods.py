@@ -70,7 +70,12 @@ def test_every_fixed_rate_method_leaves_the_counts_its_rule_says(deit_tiny, imag
         cfg = ATSConfig(method=name, **{method.param.field: value})
         with torch.no_grad():
             res = run_ats(deit_tiny, images[:2], cfg)
-        assert res.token_counts.tolist() == [fixed_counts(cfg, 12, 196, 1)] * 2, cfg.id
+        counts = fixed_counts(cfg, 12, 196, 1)
+        assert res.token_counts.tolist() == [counts] * 2, cfg.id
+        # What each stage's choice actually left (its trace, from the kept tokens or the merges),
+        # not only the count the engine carried on: a reducer that keeps other than its rule fails.
+        for stage in res.stages:
+            assert stage.tokens_out.tolist() == [counts[stage.block + 1] - 1] * 2, (cfg.id, stage.block)
 
 
 def test_ats_counts_are_the_images_own():
@@ -91,6 +96,18 @@ def test_fields_a_method_does_not_read_do_not_split_its_identity():
     assert ATSConfig(k=0.5, fuse_token=False, r=4) == ATSConfig(k=0.5)
     assert hash(ATSConfig(method="tome", seed=9)) == hash(ATSConfig(method="tome"))
     assert ATSConfig(method="random", seed=2) != ATSConfig(method="random", seed=3)
+
+
+def test_one_setting_has_one_id_and_two_settings_two():
+    # ToMe's per-block list and one r per stage are different settings, with different ids
+    # (the list leaves blocks 5 and 6 unmerged: its r is for blocks 0 and 1).
+    per_block, per_stage = ATSConfig(method="tome", r=[13, 13], stages=(5, 6)), ATSConfig(method="tome", r=(13, 13),
+                                                                                         stages=(5, 6))
+    assert per_block.id == "tome r=13,13/block stages=5-6" and per_stage.id == "tome r=13,13 stages=5-6"
+    assert len({per_block, per_stage}) == 2  # both hashable
+    # The same setting written two ways is one.
+    assert ATSConfig(k=0.5, stages=(9, 3)) == ATSConfig(k=0.5, stages=(3, 9))
+    assert ATSConfig(k=(0.5,)) == ATSConfig(k=0.5)
 
 
 def test_tomes_schedule_is_typed_and_can_be_written():
@@ -119,7 +136,9 @@ def test_nothing_outside_the_methods_compares_a_methods_name():
     from conftest import ROOT
 
     names = "|".join(METHODS)
-    compare = re.compile(rf"""(==|!=)\s*["']({names})["']|["']({names})["']\s*(==|!=)|in\s*\(\s*["']({names})["']""")
+    quoted = rf"""["']({names})["']"""
+    compare = re.compile(rf"""(==|!=)\s*{quoted}|{quoted}\s*(==|!=)|in\s*\(\s*{quoted}|METHODS\[{quoted}\]|"""
+                         rf"""get\({quoted}\)|\bor\s+{quoted}""")
     files = [p for p in (ROOT / "ats_viz").glob("*.py")] + [ROOT / "ui.py", ROOT / "app.py"] + \
         list((ROOT / "pages").glob("*.py"))
     found = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in files

@@ -259,3 +259,23 @@ def test_two_checkpoints_of_one_name_give_their_own_results(monkeypatch, tmp_pat
     os.utime(paths[0], ns=(time.time_ns() + 10**9,) * 2)
     again = shown_and_expected(paths[0])
     assert again[0] == again[1] == second[0]
+
+
+def test_the_trace_json_names_the_setting_and_each_stages_value(monkeypatch, model):
+    """The Image page's Trace (JSON) download: the setting by its id, each stage's parameter
+    under one name, and both top-5 lists."""
+    from conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    import ui
+
+    x = model.prepare(Image.fromarray(synthetic.sample(3)[0]))
+    cfg = ATSConfig(method="tome", r=8, stages=(0, 1, 2))
+    with torch.no_grad():
+        res, full = run_ats(model.net, x, cfg), run_ats(model.net, x, ATSConfig(method="full"))
+    doc = json.loads(ui.trace_json(res, full, model, ui.Settings("embedded", None, cfg, "0-2"), "x.png"))
+    assert doc["settings"]["id"] == "tome r=8 stages=0-2"
+    assert [(s["block"], s["value"], s["tokens_in"], s["tokens_out"]) for s in doc["stages"]] == \
+        [(0, 8, 196, 188), (1, 8, 188, 180), (2, 8, 180, 172)]
+    assert doc["top5"][0][0] == model.class_names[int(res.logits[0].argmax())]
+    assert doc["top5_full"][0][0] == model.class_names[int(full.logits[0].argmax())]

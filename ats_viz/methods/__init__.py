@@ -14,7 +14,7 @@ from typing import Sequence
 
 from ..errors import InputError
 from .base import Option, Param, Reducer, Selection, StageInput, Value, Where, format_value
-from .merging import EViT, Inflected, ToMe, tome_schedule
+from .merging import EViT, Inflected, PerBlock, ToMe, tome_schedule
 from .pitome import PiToMe
 from .pruning import ATS, MAX_K_FACTOR, Random, TopK, budget
 
@@ -107,6 +107,6 @@ def parse_ladder(method: str, text: str | Sequence) -> list[Value]:
     return out
 
 
-__all__ = ["ATS", "EViT", "Full", "Inflected", "MAX_K_FACTOR", "METHODS", "Option", "Param", "PiToMe", "REDUCERS", "Random",
+__all__ = ["ATS", "EViT", "Full", "Inflected", "MAX_K_FACTOR", "METHODS", "Option", "Param", "PerBlock", "PiToMe", "REDUCERS", "Random",
            "Reducer", "SWEEP_DEFAULT", "Selection", "StageInput", "ToMe", "TopK", "Value", "Where", "budget",
            "format_stages", "format_value", "get", "parse_ladder", "parse_methods", "parse_stages", "tome_schedule"]

@@ -128,8 +128,10 @@ class Reducer:
         return None if self.param is None else getattr(config, self.param.field)
 
     def canonical(self, value: Value) -> Value:
-        """The parameter in its one stored form (so equal settings compare and hash equal)."""
-        return tuple(value) if isinstance(value, list) else value
+        """The parameter in its one stored form (so equal settings compare and hash equal): a
+        list is a tuple, and one value given as a tuple of one is that value."""
+        value = tuple(value) if isinstance(value, list) else value
+        return value[0] if isinstance(value, tuple) and len(value) == 1 else value
 
     def plan(self, config: ATSConfig, depth: int, num_patches: int) -> dict[int, Any]:
         """{block: the stage's number}. Every check of a setting happens here, before any run."""

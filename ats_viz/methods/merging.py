@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from .. import merge
@@ -27,11 +28,23 @@ class Inflected:
         return f"{self.r}:{self.inflection}"
 
 
+@dataclass(frozen=True)
+class PerBlock:
+    """ToMe's r for each block from the first, padded with 0 (the library's list form): a type
+    of its own, so it never reads as one r per stage. Written "13,13/block"."""
+
+    r: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return ",".join(str(v) for v in self.r) + "/block"
+
+
 def tome_schedule(r: Value, depth: int) -> list[int]:
     """ToMe's r per block: an int for every block, a per-block list (padded with 0), or
     ToMe's (r, inflection) schedule, ``[int(lo + (hi - lo) / (depth - 1) * i)]``."""
-    if isinstance(r, list):
-        return list(r) + [0] * (depth - len(r))
+    if isinstance(r, (list, PerBlock)):
+        r = list(r.r if isinstance(r, PerBlock) else r)
+        return r + [0] * (depth - len(r))
     inflect = 0.0
     if isinstance(r, Inflected):
         r, inflect = r.r, r.inflection
@@ -73,14 +86,16 @@ class ToMe(Reducer):
         return tuple(range(depth))
 
     def canonical(self, value: Value) -> Value:
-        # A per-block list stays a list (it means every block, padded with 0); ToMe's own
-        # (r, inflection) pair becomes the schedule it names.
+        # A per-block list (every block, padded with 0) and ToMe's own (r, inflection) pair
+        # become the types they name; one value per stage stays a tuple.
+        if isinstance(value, list):
+            return PerBlock(tuple(value))
         if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], float):
             return Inflected(*value)
-        return value
+        return super().canonical(value)
 
     def stage_values(self, value: Value, stages: tuple[int, ...], depth: int, num_patches: int) -> list:
-        if isinstance(value, (Inflected, list)):
+        if isinstance(value, (Inflected, PerBlock)):
             per_block = tome_schedule(value, depth)
             values = [per_block[s] for s in stages]
         else:
@@ -144,7 +159,8 @@ class EViT(Reducer):
 
     def reduce(self, inp: StageInput, x: Tensor, value: Any, config) -> merge.Reduced:
         npre = inp.num_prefix
-        # The class token's row of the softmax attention, averaged over heads (not renormalised).
-        logits = (inp.q[:, :, :1] * inp.scale) @ inp.k.transpose(-2, -1)
-        cls_attn = logits.softmax(dim=-1)[:, :, 0, npre:].mean(dim=1)
+        with torch.no_grad():  # which tokens to keep and how to weigh the fused one: no gradient
+            # The class token's row of the softmax attention, averaged over heads (not renormalised).
+            logits = (inp.q[:, :, :1] * inp.scale) @ inp.k.transpose(-2, -1)
+            cls_attn = logits.softmax(dim=-1)[:, :, 0, npre:].mean(dim=1)
         return merge.evit_keep(x, cls_attn, self.kept(x.shape[1] - npre, value), npre, config.fuse_token)
