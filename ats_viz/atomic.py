@@ -68,8 +68,10 @@ def atomic_folder(path: Path | str) -> Iterator[Path]:
         raise
     try:
         tmp.rename(path)
-    except OSError:  # the folder is there already: another writer finished first
+    except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not path.is_dir():  # not another writer finishing first: a real failure, said as it is
+            raise
 
 
 def why_not(err: OSError) -> str:

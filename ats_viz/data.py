@@ -16,6 +16,7 @@ import re
 import shutil
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -26,7 +27,7 @@ from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from . import cachebudget
 from .cachebudget import cache_root
-from .atomic import atomic_folder, atomic_write
+from .atomic import atomic_folder, atomic_write, why_not
 from .errors import InputError
 from .paths import within
 
@@ -515,7 +516,12 @@ def extract_zip(data: bytes, name: str = "the archive",
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with archive.open(m) as src, open(target, "wb") as dst:
                         shutil.copyfileobj(src, dst)
-        except (zipfile.BadZipFile, OSError, EOFError) as err:
+        except OSError as err:
+            if err.errno is None:  # raised while reading the archive, not while writing it out
+                raise InputError(f"'{name}' is damaged ({str(err)[:120]}). Zip the folder again.") from None
+            raise InputError(f"'{name}' could not be unpacked into the cache: {why_not(err)}. Free some space "
+                             "or set ATS_VIZ_CACHE to a folder with room.") from None
+        except (zipfile.BadZipFile, EOFError, zlib.error) as err:  # a corrupt member
             raise InputError(f"'{name}' is damaged ({str(err)[:120]}). Zip the folder again.") from None
     return _archive_root(out)
 
