@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .atomic import atomic_write, unwritable, why_not
+from . import cachebudget
 from .cachebudget import cache_root
 from .data import DatasetItem, fingerprint
 from .models import LoadedModel, model_hash
@@ -130,6 +131,7 @@ class SweepCache:
             return _distrust(path, f"its token counts are not {depth + 1} per image")
         if sorted(rows["names"] + [a for a, _ in skipped]) != sorted(names):
             return _distrust(path, "its images are not the chunk's")
+        cachebudget.touch(path)  # used now: the budget removes the least recently used first
         return Cached(rows, skipped)
 
     def save(self, setting: dict, files: str, rows: dict[str, list], skipped: list[tuple[str, str]]) -> None:
