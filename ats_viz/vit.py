@@ -287,8 +287,9 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     reducer: Reducer = get(config.method)
     where = reducer.where if value is not None else Where.NOWHERE
     prev = state.stages[-1] if state.stages else None
-    inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
-                     state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu")
+    if where is not Where.NOWHERE:
+        inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
+                         state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu")
     n_kept = None
 
     if where is Where.QUERIES:
