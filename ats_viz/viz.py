@@ -300,6 +300,19 @@ def gflops_histogram(per_image: pd.DataFrame, setting: str, full_gflops: float |
     return fig
 
 
+def tokens_by_class_figure(per_image: pd.DataFrame, setting: str) -> go.Figure:
+    """Each image's patch tokens after the last block under one setting, by class: where an
+    adaptive method spends its tokens (a method of fixed rate draws one flat line)."""
+    g = per_image[per_image["setting"] == setting]
+    fig = go.Figure(go.Box(x=g["label"], y=g["tokens_final"], boxpoints="all", jitter=0.4, pointpos=0,
+                           marker=dict(size=4, color=method_colour(g["method"].iloc[0]) if len(g) else None),
+                           name=setting,
+                           text=g["image"], hovertemplate="%{text}: %{y} tokens<extra></extra>"))
+    fig.update_layout(title=f"Patch tokens kept per image, by class: {setting}", xaxis_title="class",
+                      yaxis_title="patch tokens after the last block", showlegend=False, margin=dict(t=40))
+    return fig
+
+
 def sweep_tokens_figure(per_image: pd.DataFrame, settings: Sequence[str]) -> go.Figure:
     """Patch tokens entering each block over a dataset: mean and 10th-90th percentile band."""
     colours = setting_colours(per_image)

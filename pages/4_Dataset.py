@@ -62,6 +62,7 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
                                 key="ds_compare")
         st.plotly_chart(viz.sweep_tokens_figure(per_image, picked), key="ds_tokens")
     st.plotly_chart(viz.class_accuracy_figure(per_image, picked, class_names), key="ds_classes")
+    st.plotly_chart(viz.tokens_by_class_figure(per_image, chosen), key="ds_tokens_by_class")
     with st.expander("Every image and setting"):
         only = st.selectbox("Setting", labels, key="ds_table_setting")
         st.dataframe(per_image[per_image["setting"] == only], hide_index=True)

@@ -1,5 +1,6 @@
 """The Dataset page through Streamlit's AppTest: a sweep, the cache, saved results, refusals."""
 
+import base64
 import io
 import json
 import zipfile
@@ -10,6 +11,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from conftest import open_app
+from ats_viz import ATSConfig
 from ats_viz.__main__ import main
 from ats_viz.data import heldout_path
 from ats_viz.synthetic import write_imagefolder
@@ -42,13 +44,37 @@ def evaluate(at: AppTest, ladder: str = "98") -> AppTest:
     return at
 
 
+def plotted(values) -> list:
+    """A plotly trace's values as the browser gets them: a list, or a typed array in base64."""
+    if isinstance(values, dict):
+        return np.frombuffer(base64.b64decode(values["bdata"]), dtype=values["dtype"]).tolist()
+    return list(values)
+
+
+def per_image_of(folder, config):
+    """The library's own per-image rows for one setting on an ImageFolder (no cache)."""
+    from ats_viz.data import load_dataset
+    from ats_viz.evaluate import run_sweep
+    from ats_viz.models import load_model
+
+    model = load_model("embedded")
+    dataset = load_dataset(folder, model.class_names)
+    rows = run_sweep(model, dataset, [config], cache=None).per_image()
+    return rows[rows["setting"] == config.id]
+
+
 def test_a_folder_is_swept_then_read_from_the_cache(monkeypatch, cache, shapes):
     at = page(monkeypatch, "folder")
     at.text_input(key="ds_folder").set_value(str(shapes)).run()
     at = evaluate(at)
     assert "2 setting(s) computed, 0 from the cache" in at.success[0].value
     assert list(at.dataframe[0].value["setting"]) == ["full", "ats K=98"]
-    assert len(at.get("plotly_chart")) == 4
+    charts = at.get("plotly_chart")
+    assert len(charts) == 5
+    # Where ATS spends its tokens, class by class: each image's final count, as the sweep has it.
+    by_class = json.loads(charts[-1].proto.spec)["data"][0]
+    expected = per_image_of(shapes, ATSConfig(k=98))
+    assert by_class["x"] == list(expected["label"]) and plotted(by_class["y"]) == list(expected["tokens_final"])
 
     again = page(monkeypatch, "folder")  # a new session: nothing in memory, all on disk
     again.text_input(key="ds_folder").set_value(str(shapes)).run()
