@@ -107,7 +107,7 @@ def test_saved_results_open_without_a_model_run(monkeypatch, cache, shapes, tmp_
     at = page(monkeypatch, "saved")
     at.text_input(key="ds_saved_path").set_value(str(out)).run()
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 4
+    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 5
 
     # A folder written by a torchrun of several processes carries more in its manifest.
     manifest = json.loads((out / "results.json").read_text())
