@@ -124,7 +124,7 @@ def touch(path: Path | str) -> None:
 @contextlib.contextmanager
 def in_use(*paths: Path | str) -> Iterator[None]:
     """While the block runs, the entries holding (or held by) ``paths`` are never removed."""
-    keys = [str(Path(p).resolve()) for p in paths]
+    keys = _keys(paths)
     with _lock:
         _pinned.update(keys)
     try:
