@@ -35,7 +35,8 @@ if settings is not None:
         st.subheader("The model in use")
         st.markdown(
             f"**{loaded.card['name']}**: {loaded.card['arch_summary']}, trained on this project's "
-            f"synthetic shapes ({', '.join(loaded.class_names)}). On {h['images']:,} held-out images (seed {h['seed']}): "
+            f"synthetic scenes: 1 to 8 shapes, labelled by the kind that occurs most often "
+            f"({', '.join(loaded.class_names)}). On {h['images']:,} held-out images (seed {h['seed']}): "
             f"top-1 {h['top1_full']:.1%} in full at {h['gflops_full']:.3f} GFLOPs; with ATS "
             f"{h['top1_ats']:.1%} at {h['gflops_ats']:.3f} GFLOPs ({h['gflops_saved']:.0%} saved)."
         )

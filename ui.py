@@ -272,8 +272,8 @@ def shipped_model_note(loaded: LoadedModel) -> None:
     """Beside a shipped model's prediction: what it knows, so a photo's answer is not misread."""
     if not loaded.card:  # only the shipped models carry a card
         return
-    st.caption(f"The shipped model knows {len(loaded.class_names)} synthetic shapes ({', '.join(loaded.class_names)}), "
-               "so any picture gets one of them. For photos, choose **timm pretrained model** in the sidebar "
+    st.caption(f"The shipped model knows scenes of 1 to 8 synthetic shapes and names the kind they show most often, "
+               f"one of {len(loaded.class_names)} ({', '.join(loaded.class_names)}), so any picture gets one of them. For photos, choose **timm pretrained model** in the sidebar "
                "(deit_small_patch16_224 is the ATS paper's); it needs its weights from the network or a "
                "Hugging Face cache.")
 

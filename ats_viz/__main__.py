@@ -26,7 +26,7 @@ def _train(args: argparse.Namespace) -> None:
 
     from .arch import build
     from .models import ASSETS
-    from .train import Recipe, heldout_metrics, load_weights, shapes_spec, train, write_checkpoint
+    from .train import Recipe, heldout_metrics, load_weights, rescore, shapes_spec, train, write_checkpoint
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else ASSETS
@@ -35,6 +35,11 @@ def _train(args: argparse.Namespace) -> None:
     plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
     net = build(spec)
     log = lambda line: print(line, flush=True)  # noqa: E731
+    if args.rescore:
+        for stem in (args.name, args.name + "-ats"):
+            if (out / f"{stem}.json").is_file():
+                log(f"{stem}: {rescore(out, stem, args.eval_per_class)}")
+        return
     if args.resume:
         load_weights(net, Path(args.resume))
         log(f"starting from {args.resume}")
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ats_viz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("synth", help="write the synthetic shapes dataset as an ImageFolder")
+    p = sub.add_parser("synth", help="write the synthetic scenes dataset as an ImageFolder")
     p.add_argument("--out", required=True)
     p.add_argument("--per-class", type=int, help="images per class (default: as many as the bundled held-out set)")
     p.add_argument("--seed", type=int, help="default: the bundled held-out set's; another seed gives a set nobody has scored")
@@ -312,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train the embedded model (plain, then fine-tuned with ATS)")
     p.add_argument("--out", help="the folder for weights and cards (default: the package's own, which "
                    "load_model('embedded') reads)")
-    p.add_argument("--name", default="shapes-vit")
+    p.add_argument("--name", default="scenes-vit")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
@@ -326,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-minutes", type=float, default=70.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resume", help="skip plain training and start from these weights")
+    p.add_argument("--rescore", action="store_true", help="train nothing: score the checkpoints NAME and "
+                   "NAME-ats in --out on the bundled held-out set as it is now and rewrite their cards")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="sweep a dataset over K and the baselines: tables and an accuracy curve")

@@ -439,7 +439,7 @@ def heldout_description() -> str:
     """The bundled held-out set in words, for a page."""
     from .synthetic import CLASSES, HELDOUT_PER_CLASS, HELDOUT_SEED
 
-    return f"{len(CLASSES) * HELDOUT_PER_CLASS:,} synthetic shapes images (seed {HELDOUT_SEED})"
+    return f"{len(CLASSES) * HELDOUT_PER_CLASS:,} synthetic scenes of 1 to 8 shapes (seed {HELDOUT_SEED})"
 
 
 def heldout_path(per_class: int | None = None) -> Path:

@@ -30,11 +30,13 @@ from .vit import check_vit
 
 # Package data (pyproject.toml's package-data), so a wheel carries it.
 ASSETS = Path(__file__).resolve().parent / "assets"
-SAMPLES = ASSETS / "samples"  # pictures of the shipped model's classes, for the app to offer
+# Scenes for the app to offer, from simple to busy: synthetic.draw((2026, n, i), label, n) for
+# n objects (1-object-heart: i = 0, 3-objects-star: 1, 5-objects-ring: 2, 8-objects-cross: 1).
+SAMPLES = ASSETS / "samples"
 # Shipped checkpoints: name -> file stem in ASSETS (weights .safetensors, card .json).
 EMBEDDED = {
-    "embedded": "shapes-vit",  # trained plainly: ATS plugged in afterwards
-    "embedded-ats": "shapes-vit-ats",  # the same model fine-tuned with ATS active
+    "embedded": "scenes-vit",  # trained plainly: ATS plugged in afterwards
+    "embedded-ats": "scenes-vit-ats",  # the same model fine-tuned with ATS active
 }
 
 

@@ -1,18 +1,21 @@
-"""The procedural shapes task the embedded model learns and the app shows on a fresh machine.
+"""The procedural scenes the embedded model learns and the app shows on a fresh machine.
 
-One object of one of ten shape classes, with random size, position, rotation and colour,
-each class with its own outline and its own fill texture, on a cluttered background (gradients, low-frequency texture, noise, distractor strokes that
-belong to no class). The class lives in a few patches and the rest is background, which is
-what ATS needs to have something to show. Every image is a pure function of its seed, so the
-same seed gives the same bytes.
+A scene holds 1 to 8 objects of ten shape classes, each class with its own outline and its own
+fill texture, on a cluttered background (gradients, low-frequency texture, noise, distractor
+strokes that belong to no class); its label is the kind that occurs most often. So the evidence
+for a label lies in several places of the image and its amount varies from scene to scene, as
+on real photos under a pretrained ViT: a busy scene needs more tokens than a simple one, and a
+tight budget costs accuracy. Every image is a pure function of its seed, so the same seed gives
+the same bytes.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -26,6 +29,8 @@ SIZE = 224
 # 4-tuple seeds, a disjoint space. The seed was new when the shipped model was scored on it.
 HELDOUT_SEED = 26648
 HELDOUT_PER_CLASS = 200
+MAX_OBJECTS = 8  # a scene holds 1 to MAX_OBJECTS objects
+MIN_RADIUS = 16.0  # the smallest object still shows its texture in whole patches
 _SS = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
 
 
@@ -59,10 +64,12 @@ def _polygon(name: str) -> np.ndarray:
 
 
 def shape_mask(name: str, center: tuple[float, float], radius: float, angle: float,
-               size: int = SIZE) -> np.ndarray:
-    """A float mask in [0, 1] (size x size) of one shape, antialiased."""
-    big = np.zeros((size * _SS, size * _SS), np.uint8)
-    cx, cy, r = center[0] * _SS, center[1] * _SS, radius * _SS
+               size: int = SIZE, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """A float mask in [0, 1] of one shape, antialiased: the whole size x size image, or only
+    its ``box`` (x0, y0, x1, y1), which is all a scene needs to draw one of its objects."""
+    x0, y0, x1, y1 = box or (0, 0, size, size)
+    big = np.zeros(((y1 - y0) * _SS, (x1 - x0) * _SS), np.uint8)
+    cx, cy, r = (center[0] - x0) * _SS, (center[1] - y0) * _SS, radius * _SS
 
     def disc(dx: float, dy: float, rr: float, value: int) -> None:
         cv2.circle(big, (round(cx + dx), round(cy + dy)), max(1, round(rr)), value, -1, cv2.LINE_AA)
@@ -80,7 +87,7 @@ def shape_mask(name: str, center: tuple[float, float], radius: float, angle: flo
         rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
         pts = pts @ rot.T + [cx, cy]
         cv2.fillPoly(big, [np.round(pts).astype(np.int32)], 255, cv2.LINE_AA)
-    return cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return cv2.resize(big, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
 def _hsv_colour(h: float, s: float, v: float) -> np.ndarray:
@@ -126,31 +133,72 @@ class ShapeSpec:
     colour: tuple[float, float, float]
 
 
-def random_spec(rng: np.random.Generator, label: int, min_radius: float = 18.0,
-                max_radius: float = 80.0, size: int = SIZE) -> ShapeSpec:
-    """A random object of class ``label``: log-uniform size, anywhere it fits, any angle."""
-    r = float(np.exp(rng.uniform(np.log(min_radius), np.log(max_radius))))
-    cx, cy = (float(rng.uniform(r, size - r)) for _ in range(2))
-    colour = _hsv_colour(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0))
-    return ShapeSpec(label, (cx, cy), r, float(rng.uniform(0, 2 * np.pi)), tuple(float(c) for c in colour))
+def _colour(rng: np.random.Generator) -> tuple[float, float, float]:
+    return tuple(float(c) for c in _hsv_colour(rng.random(), rng.uniform(0.6, 1.0), rng.uniform(0.75, 1.0)))
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One image's objects and its label: the kind that occurs most often, strictly."""
+
+    label: int
+    objects: tuple[ShapeSpec, ...]
+
+
+def random_scene(rng: np.random.Generator, label: int | None = None, objects: int | None = None,
+                 max_objects: int = MAX_OBJECTS, size: int = SIZE) -> Scene:
+    """``objects`` shapes (1 to ``max_objects`` when not given), the label's kind the most often.
+
+    The label's kind occurs ``lead`` times, 2 to all of them (a single object is its own
+    label), and every other kind at most ``lead - 1`` times, so the label is never a tie but
+    can win by one. The objects of a scene share one size, each within 15% of it, small enough
+    for all of them to stand apart: the class is then a matter of how much of the image each
+    kind covers, evidence spread over several places, and a busy scene has more of it.
+    """
+    n = objects or int(rng.integers(1, max_objects + 1))
+    label = int(rng.integers(len(CLASSES))) if label is None else label
+    lead = 1 if n == 1 else int(rng.integers(2, n + 1))
+    kinds, counts = [label] * lead, {label: lead}
+    for _ in range(n - lead):
+        kind = int(rng.choice([c for c in range(len(CLASSES)) if counts.get(c, 0) < lead - 1]))
+        counts[kind] = counts.get(kind, 0) + 1
+        kinds.append(kind)
+    rng.shuffle(kinds)
+    top = max(MIN_RADIUS * 1.2, min(72.0, 75.0 / math.sqrt(n)))  # n discs cover at most ~35% of the image
+    base = float(np.exp(rng.uniform(np.log(MIN_RADIUS), np.log(top))))
+    placed: list[ShapeSpec] = []
+    for kind in kinds:
+        r = base * float(rng.uniform(0.85, 1.15))
+        while True:  # a crowded scene shrinks the object that does not fit until it does
+            for _ in range(40):
+                c = rng.uniform(r, size - r, 2)
+                if all(math.dist(c, o.center) >= r + o.radius + 4 for o in placed):
+                    break
+            else:
+                r *= 0.9
+                continue
+            break
+        placed.append(ShapeSpec(kind, (float(c[0]), float(c[1])), r, float(rng.uniform(0, 2 * np.pi)), _colour(rng)))
+    return Scene(label, tuple(placed))
 
 
 def fill_pattern(label: int, center: tuple[float, float], angle: float, radius: float,
-                 size: int = SIZE) -> np.ndarray:
-    """The class's fill pattern (float 0..1, size x size) in the object's own frame.
+                 size: int = SIZE, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+    """The class's fill pattern (float 0..1) in the object's own frame, over the image or its ``box``.
 
     Each class has its own texture as well as its own outline: the texture is visible in
     every 16 px patch of the object, which lets a small ViT learn the task from tens of
     thousands of images instead of hundreds of thousands, and ties the class to the object's
     patches, the tokens ATS should keep.
     """
-    ramp = np.arange(size, dtype=np.float32)
-    x, y = ramp[None, :] - center[0], ramp[:, None] - center[1]
+    x0, y0, x1, y1 = box or (0, 0, size, size)
+    x = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(center[0])
+    y = np.arange(y0, y1, dtype=np.float32)[:, None] - np.float32(center[1])
     c, s = np.float32(math.cos(angle)), np.float32(math.sin(angle))
     u, v = x * c + y * s, -x * s + y * c
     tau = np.float32(2 * np.pi)
     if label == 0:  # solid
-        return np.ones((size, size), np.float32)
+        return np.ones((y1 - y0, x1 - x0), np.float32)
     if label == 1:  # fine stripes
         return (np.sin(tau * u / 6) > 0).astype(np.float32)
     if label == 2:  # small dots
@@ -174,59 +222,81 @@ def fill_pattern(label: int, center: tuple[float, float], angle: float, radius: 
     return (np.sin(tau * (u + 3 * np.abs(np.mod(v, 8) - 4)) / 9) > 0).astype(np.float32)
 
 
-def compose(bg: np.ndarray, spec: ShapeSpec) -> np.ndarray:
-    """Paint the object onto a background, with a dark rim so it stands out (uint8 RGB)."""
-    m = shape_mask(CLASSES[spec.label], spec.center, spec.radius, spec.angle, bg.shape[0])
-    rim = np.clip(cv2.GaussianBlur(m, (0, 0), 1.5) * 1.6 - m, 0, 1)
-    img = bg * (1 - rim[..., None]) + 20 * rim[..., None]
-    shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, spec.radius, bg.shape[0])
-    fill = np.array(spec.colour, np.float32) * shade[..., None]
-    img = img * (1 - m[..., None]) + fill * m[..., None]
+def compose(bg: np.ndarray, objects: Sequence[ShapeSpec]) -> np.ndarray:
+    """Paint the objects onto a background, each with a dark rim so it stands out (uint8 RGB).
+
+    Each object is drawn in its own box only (its extent, 1.2 radii for the heart, and room
+    for the rim's blur), so a scene of eight costs little more than one.
+    """
+    img, size = bg.copy(), bg.shape[0]
+    for spec in objects:
+        reach = spec.radius * 1.25 + 6
+        box = (max(0, math.floor(spec.center[0] - reach)), max(0, math.floor(spec.center[1] - reach)),
+               min(size, math.ceil(spec.center[0] + reach)), min(size, math.ceil(spec.center[1] + reach)))
+        x0, y0, x1, y1 = box
+        m = shape_mask(CLASSES[spec.label], spec.center, spec.radius, spec.angle, size, box)
+        rim = np.clip(cv2.GaussianBlur(m, (0, 0), 1.5) * 1.6 - m, 0, 1)
+        shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, spec.radius, size, box)
+        fill = np.array(spec.colour, np.float32) * shade[..., None]
+        part = img[y0:y1, x0:x1] * (1 - rim[..., None]) + 20 * rim[..., None]
+        img[y0:y1, x0:x1] = part * (1 - m[..., None]) + fill * m[..., None]
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def sample(seed: int | tuple[int, ...], label: int | None = None, clutter: float = 1.0,
-           min_radius: float = 18.0) -> tuple[np.ndarray, int]:
-    """One image (224 x 224 x 3 uint8 RGB) and its label, a pure function of ``seed``."""
+def draw(seed: int | tuple[int, ...], label: int | None = None, objects: int | None = None,
+         clutter: float = 1.0, max_objects: int = MAX_OBJECTS) -> tuple[np.ndarray, Scene]:
+    """One scene (224 x 224 x 3 uint8 RGB) and what is in it, a pure function of its arguments."""
     rng = np.random.default_rng(seed)
-    if label is None:
-        label = int(rng.integers(len(CLASSES)))
-    spec = random_spec(rng, label, min_radius=min_radius)
-    return compose(background(rng, clutter), spec), label
+    scene = random_scene(rng, label, objects, max_objects)
+    return compose(background(rng, clutter), scene.objects), scene
+
+
+def sample(seed: int | tuple[int, ...], label: int | None = None, clutter: float = 1.0,
+           max_objects: int = MAX_OBJECTS) -> tuple[np.ndarray, int]:
+    """One image and its label (see :func:`draw`)."""
+    img, scene = draw(seed, label, clutter=clutter, max_objects=max_objects)
+    return img, scene.label
+
+
+def file_name(kind: str, index: int, objects: int) -> str:
+    """A written scene's file name: its class, its index and how many objects it holds."""
+    return f"{kind}_{index:05d}_{objects}obj.png"
+
+
+def objects_in(name: str) -> int | None:
+    """The number of objects a file written by :func:`write_imagefolder` holds, from its name."""
+    found = _OBJECTS.search(name)
+    return int(found.group(1)) if found else None
+
+
+_OBJECTS = re.compile(r"_(\d+)obj\.png$")
 
 
 def write_imagefolder(out: str | Path, per_class: int, seed: int) -> Path:
-    """Write ``per_class`` PNGs per class as an ImageFolder named by the model's classes."""
+    """Write ``per_class`` scenes per class as an ImageFolder named by the model's classes."""
     out = Path(out)
     for ci, name in enumerate(CLASSES):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            img, _ = sample((seed, ci, i), label=ci)
+            img, scene = draw((seed, ci, i), label=ci)
             ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            (folder / f"{name}_{i:05d}.png").write_bytes(buf.tobytes())
+            (folder / file_name(name, i, len(scene.objects))).write_bytes(buf.tobytes())
     return out
 
 
 def video_frames(seed: int, frames: int = 48, size: int = SIZE) -> Iterator[np.ndarray]:
-    """A short clip: an object that moves, grows and turns, then changes into another class.
-
-    The object's size sweeps from small to large, so the tokens ATS keeps follow it.
-    """
+    """A short clip: a scene that fills up, one turning object arriving after another until
+    there are eight, so the evidence grows over the clip, the leading kind can change, and the
+    tokens ATS keeps follow both."""
     rng = np.random.default_rng(seed)
     bg = background(rng, 1.0, size)
-    first, second = (int(x) for x in rng.choice(len(CLASSES), 2, replace=False))
-    a = random_spec(rng, first, 16, 24, size)
-    b = random_spec(rng, second, 60, 75, size)
+    scene = random_scene(rng, objects=MAX_OBJECTS, size=size)
     for f in range(frames):
         t = f / max(frames - 1, 1)
-        r = a.radius + (b.radius - a.radius) * t
-        lo, hi = r, size - r
-        cx = float(np.clip(a.center[0] + (b.center[0] - a.center[0]) * t, lo, hi))
-        cy = float(np.clip(a.center[1] + (b.center[1] - a.center[1]) * t, lo, hi))
-        spec = replace(a if t < 0.5 else b, center=(cx, cy), radius=r, angle=a.angle + 2.0 * t)
+        shown = scene.objects[:1 + min(MAX_OBJECTS - 1, int(t * MAX_OBJECTS))]
         frame_noise = np.random.default_rng((seed, f)).normal(0, 4, bg.shape).astype(np.float32)
-        yield compose(bg + frame_noise, spec)
+        yield compose(bg + frame_noise, [replace(o, angle=o.angle + 2.0 * t) for o in shown])
 
 
 def write_video(path: str | Path, seed: int = 0, frames: int = 48, fps: float = 12.0) -> Path:

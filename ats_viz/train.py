@@ -1,4 +1,4 @@
-"""Training the embedded model on the synthetic shapes, reproducibly, on the CPU.
+"""Training the embedded model on the synthetic scenes, reproducibly, on the CPU.
 
 Two modes, as in the paper: train the plain ViT ("plug and play": ATS added afterwards),
 then fine-tune the same weights with ATS active (gradients flow through the kept rows).
@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from .vit import run_ats
 
 
 def shapes_spec(width: int = 96, depth: int = 12, heads: int = 3) -> ModelSpec:
-    """An architecture for the synthetic shapes task: its classes, its image size."""
+    """An architecture for the synthetic scenes task: its classes, its image size."""
     return ModelSpec(width, depth, heads, num_classes=len(synthetic.CLASSES), img_size=synthetic.SIZE)
 
 
@@ -48,7 +48,7 @@ class Recipe:
     weight_decay: float = 0.05
     seed: int = 0
     ats: bool = False  # fine-tune with ATS active
-    curriculum: float = 0.4  # fraction of steps over which clutter and small objects ramp in
+    curriculum: float = 0.4  # fraction of steps over which clutter and crowded scenes ramp in
 
 
 class _Batches(torch.utils.data.IterableDataset):
@@ -62,8 +62,9 @@ class _Batches(torch.utils.data.IterableDataset):
         r = self.recipe
         for step in range(self.start, r.steps):
             ramp = min(1.0, step / max(1, r.curriculum * r.steps))
-            clutter, min_r = 0.3 + 0.7 * ramp, 32 - 14 * ramp
-            items = [synthetic.sample((r.seed, step, j, 0), clutter=clutter, min_radius=min_r)
+            # clutter and crowds ramp in: scenes of one or two objects first, up to the full eight
+            clutter, most = 0.3 + 0.7 * ramp, 2 + round((synthetic.MAX_OBJECTS - 2) * ramp)
+            items = [synthetic.sample((r.seed, step, j, 0), clutter=clutter, max_objects=most)
                      for j in range(r.batch)]
             yield to_tensor(np.stack([i for i, _ in items])), torch.tensor([l for _, l in items])
 
@@ -115,28 +116,31 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
     return step + 1
 
 
-def heldout_batches(per_class: int, seed: int = HELDOUT_SEED, batch: int = 50) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The held-out set (the bundled dataset's images; another seed: a set like it), in batches."""
+def heldout_batches(per_class: int, seed: int = HELDOUT_SEED, batch: int = 50
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    """The held-out set (the bundled dataset's images; another seed: a set like it), in batches
+    of images, labels and each scene's number of objects."""
     items = [(ci, i) for ci in range(len(synthetic.CLASSES)) for i in range(per_class)]
     for start in range(0, len(items), batch):
-        chunk = items[start:start + batch]
-        imgs = [synthetic.sample((seed, ci, i), label=ci)[0] for ci, i in chunk]
-        yield to_tensor(np.stack(imgs)), torch.tensor([ci for ci, _ in chunk])
+        drawn = [synthetic.draw((seed, ci, i), label=ci) for ci, i in items[start:start + batch]]
+        yield (to_tensor(np.stack([img for img, _ in drawn])), torch.tensor([s.label for _, s in drawn]),
+               [len(s.objects) for _, s in drawn])
 
 
 @torch.no_grad()
 def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
-                    seed: int = HELDOUT_SEED) -> dict[str, float | int | list[float]]:
+                    seed: int = HELDOUT_SEED) -> dict[str, Any]:
     """Top-1 (with its 95% Wilson interval) and mean GFLOPs of the full model and of ATS at the
-    default setting, and the patch tokens ATS keeps, on the held-out set (``per_class``: fewer
-    images; ``seed``: a fresh set like it)."""
+    default setting, the patch tokens ATS keeps, and its GFLOPs by the scene's number of objects,
+    on the held-out set (``per_class``: fewer images; ``seed``: a fresh set like it)."""
     from .stats import wilson
 
     net.eval()
     hits = {"full": 0, "ats": 0}
     flops = {"full": 0.0, "ats": 0.0}
     n, first, last = 0, 0, 0
-    for x, y in heldout_batches(per_class or HELDOUT_PER_CLASS, seed):
+    by_objects: dict[int, list[float]] = {}
+    for x, y, objects in heldout_batches(per_class or HELDOUT_PER_CLASS, seed):
         for key, cfg in (("full", FULL), ("ats", ATSConfig())):
             res = run_ats(net, x, cfg)
             hits[key] += int((res.logits.argmax(1) == y).sum())
@@ -144,6 +148,8 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
             if res.stages:  # ATS's, the full model has none
                 first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
                 last += int(res.patch_counts[:, -1].sum())
+                for count, gflops in zip(objects, res.gflops.tolist()):
+                    by_objects.setdefault(count, []).append(gflops)
         n += len(y)
     return {
         "images": n,
@@ -157,15 +163,17 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
         "gflops_saved": 1 - flops["ats"] / flops["full"],
         "ats_tokens_first_stage": first / n,  # patch tokens leaving ATS's first stage
         "ats_tokens_final": last / n,
+        # JSON keys are text: the number of objects -> ATS's mean GFLOPs on such scenes
+        "ats_gflops_by_objects": {str(k): sum(v) / len(v) for k, v in sorted(by_objects.items())},
     }
 
 
 def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: str, recipe: Recipe,
-                     steps_done: int, minutes: float, command: str, metrics: dict[str, float], note: str) -> Path:
+                     steps_done: int, minutes: float, command: str, metrics: dict[str, Any], note: str) -> Path:
     """Weights as safetensors plus a model card (JSON for the code, markdown for people)."""
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
-    card = {
+    write_card(out, {
         "name": stem,
         "architecture": asdict(spec),
         "arch_summary": f"timm VisionTransformer, conv stem (stride 16) + {spec.depth} blocks, "
@@ -178,17 +186,38 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
                      "threads": torch.get_num_threads(), "command": command},
         "heldout": metrics,
         "note": note,
-    }
+    })
+    return out / f"{stem}.safetensors"
+
+
+def rescore(out: Path, stem: str, per_class: int | None = None) -> dict[str, Any]:
+    """Score a checkpoint written here on the bundled held-out set as it is now (after its seed
+    changed, say) and rewrite its card's held-out numbers; everything else stays."""
+    card = json.loads((out / f"{stem}.json").read_text())
+    from .arch import build
+
+    net = load_weights(build(ModelSpec(**card["architecture"])), out / f"{stem}.safetensors")
+    card["heldout"] = heldout_metrics(net, per_class)
+    write_card(out, card)
+    return card["heldout"]
+
+
+def write_card(out: Path, card: dict[str, Any]) -> None:
+    """The card as JSON (for the code) and markdown (for people)."""
+    stem, spec, recipe, metrics = card["name"], ModelSpec(**card["architecture"]), card["training"], card["heldout"]
     (out / f"{stem}.json").write_text(json.dumps(card, indent=2))
+    by_objects = ", ".join(f"{k}: {v:.3f}" for k, v in metrics.get("ats_gflops_by_objects", {}).items())
     md = [
-        f"# {stem}", "", note, "",
+        f"# {stem}", "", card["note"], "",
         f"- Architecture: {card['arch_summary']} ({card['parameters']:,} parameters).",
         f"- Classes: {', '.join(card['classes'])}.",
         f"- Preprocessing: {spec.img_size} px RGB, no crop, mean {MEAN}, std {STD}.",
-        f"- Training: `{command}` ({steps_done} steps of {recipe.batch} fresh synthetic images"
-        + (f", stopped by the time limit before the planned {recipe.steps}" if steps_done < recipe.steps else "")
-        + f", {minutes:.1f} minutes with {torch.get_num_threads()} CPU threads"
-        + f"; AdamW lr {recipe.lr:g}, warmup and cosine decay, seed {recipe.seed}{', ATS active' if recipe.ats else ''}).",
+        f"- Training: `{recipe['command']}` ({recipe['steps_done']} steps of {recipe['batch']} fresh synthetic images"
+        + (f", stopped by the time limit before the planned {recipe['steps']}"
+           if recipe["steps_done"] < recipe["steps"] else "")
+        + f", {recipe['minutes']:.1f} minutes with {recipe['threads']} CPU threads"
+        + f"; AdamW lr {recipe['lr']:g}, warmup and cosine decay, seed {recipe['seed']}"
+        + f"{', ATS active' if recipe['ats'] else ''}).",
         f"- Held-out set ({metrics['images']:,} images, seed {metrics['seed']}, never trained on; "
         "95% Wilson intervals):",
         f"  - full model: top-1 {metrics['top1_full']:.1%} ({_interval(metrics['top1_full_ci'])}), "
@@ -199,8 +228,9 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         f"{(spec.img_size // 16) ** 2} patch tokens "
         f"leave its first stage and {metrics['ats_tokens_final']:.1f} the last",
     ]
+    if by_objects:
+        md.append(f"  - ATS's mean GFLOPs by the scene's number of objects: {by_objects}")
     (out / f"{stem}.md").write_text("\n".join(md) + "\n")
-    return out / f"{stem}.safetensors"
 
 
 def _interval(ci: list[float]) -> str:

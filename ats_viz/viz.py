@@ -14,6 +14,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from . import synthetic
 from .ats import sampling_picture
 from .errors import InputError
 from .methods import METHODS
@@ -300,16 +301,27 @@ def gflops_histogram(per_image: pd.DataFrame, setting: str, full_gflops: float |
     return fig
 
 
-def tokens_by_class_figure(per_image: pd.DataFrame, setting: str) -> go.Figure:
-    """Each image's patch tokens after the last block under one setting, by class: where an
-    adaptive method spends its tokens (a method of fixed rate draws one flat line)."""
+def objects_per_image(per_image: pd.DataFrame) -> pd.Series | None:
+    """Each row's number of objects, read from its file name (the bundled scenes carry it), or
+    None where some image does not say (any other dataset)."""
+    counts = per_image["image"].astype(str).map(synthetic.objects_in)
+    return None if counts.isna().any() or not len(counts) else counts.astype(int)
+
+
+def tokens_by_figure(per_image: pd.DataFrame, setting: str, by: str = "class") -> go.Figure:
+    """Each image's patch tokens after the last block under one setting, against its class or
+    (``by="objects"``, the bundled scenes) its number of objects: where an adaptive method
+    spends its tokens (a method of fixed rate draws one flat line)."""
     g = per_image[per_image["setting"] == setting]
-    fig = go.Figure(go.Box(x=g["label"], y=g["tokens_final"], boxpoints="all", jitter=0.4, pointpos=0,
+    x, axis = (g["label"], "class") if by == "class" else (objects_per_image(g), "objects in the scene")
+    fig = go.Figure(go.Box(x=x, y=g["tokens_final"], boxpoints="all", jitter=0.4, pointpos=0, boxmean=True,
                            marker=dict(size=4, color=method_colour(g["method"].iloc[0]) if len(g) else None),
                            name=setting,
                            text=g["image"], hovertemplate="%{text}: %{y} tokens<extra></extra>"))
-    fig.update_layout(title=f"Patch tokens kept per image, by class: {setting}", xaxis_title="class",
+    fig.update_layout(title=f"Patch tokens kept per image, by {axis}: {setting}", xaxis_title=axis,
                       yaxis_title="patch tokens after the last block", showlegend=False, margin=dict(t=40))
+    if by != "class":
+        fig.update_xaxes(dtick=1)
     return fig
 
 

@@ -24,8 +24,8 @@ if loaded is None:
 
 @st.cache_resource(show_spinner="Making the sample clip...")
 def sample_clip() -> Path:
-    """The synthetic clip: a shape that moves, grows, then turns into another class."""
-    return synthetic.write_video(Path(tempfile.mkdtemp(prefix="ats-viz-")) / "shapes.mp4", seed=7, frames=72)
+    """The synthetic clip: a scene that fills up, one object after another."""
+    return synthetic.write_video(Path(tempfile.mkdtemp(prefix="ats-viz-")) / "scene.mp4", seed=7, frames=72)
 
 
 def upload_path(upload) -> Path:

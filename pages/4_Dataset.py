@@ -62,7 +62,11 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
                                 key="ds_compare")
         st.plotly_chart(viz.sweep_tokens_figure(per_image, picked), key="ds_tokens")
     st.plotly_chart(viz.class_accuracy_figure(per_image, picked, class_names), key="ds_classes")
-    st.plotly_chart(viz.tokens_by_class_figure(per_image, chosen), key="ds_tokens_by_class")
+    st.plotly_chart(viz.tokens_by_figure(per_image, chosen, "class"), key="ds_tokens_by_class")
+    if viz.objects_per_image(per_image) is not None:  # the bundled scenes say how many objects each holds
+        st.plotly_chart(viz.tokens_by_figure(per_image, chosen, "objects"), key="ds_tokens_by_objects")
+        st.caption("A busy scene holds more evidence for its label than a simple one: an adaptive method "
+                   "(ATS) keeps more of its tokens, a fixed-rate one keeps the same number whatever it shows.")
     with st.expander("Every image and setting"):
         only = st.selectbox("Setting", labels, key="ds_table_setting")
         st.dataframe(per_image[per_image["setting"] == only], hide_index=True)

@@ -11,7 +11,7 @@ from streamlit.delta_generator import DeltaGenerator
 from streamlit.testing.v1 import AppTest
 
 from conftest import open_app
-from ats_viz import ATSConfig
+from ats_viz import ATSConfig, synthetic
 from ats_viz.__main__ import main
 from ats_viz.data import heldout_path
 from ats_viz.synthetic import write_imagefolder
@@ -70,11 +70,15 @@ def test_a_folder_is_swept_then_read_from_the_cache(monkeypatch, cache, shapes):
     assert "2 setting(s) computed, 0 from the cache" in at.success[0].value
     assert list(at.dataframe[0].value["setting"]) == ["full", "ats K=98"]
     charts = at.get("plotly_chart")
-    assert len(charts) == 5
-    # Where ATS spends its tokens, class by class: each image's final count, as the sweep has it.
-    by_class = json.loads(charts[-1].proto.spec)["data"][0]
+    assert len(charts) == 6
+    # Where ATS spends its tokens, class by class, and by the scene's number of objects (the
+    # bundled scenes' file names carry it): each image's final count, as the sweep has it.
+    by_class, by_objects = (json.loads(c.proto.spec)["data"][0] for c in charts[-2:])
     expected = per_image_of(shapes, ATSConfig(k=98))
     assert by_class["x"] == list(expected["label"]) and plotted(by_class["y"]) == list(expected["tokens_final"])
+    objects = [len(synthetic.draw((11, synthetic.CLASSES.index(label), 0), label=synthetic.CLASSES.index(label))[1].objects)
+               for label in expected["label"]]
+    assert plotted(by_objects["x"]) == objects and plotted(by_objects["y"]) == list(expected["tokens_final"])
 
     again = page(monkeypatch, "folder")  # a new session: nothing in memory, all on disk
     again.text_input(key="ds_folder").set_value(str(shapes)).run()
@@ -107,7 +111,7 @@ def test_saved_results_open_without_a_model_run(monkeypatch, cache, shapes, tmp_
     at = page(monkeypatch, "saved")
     at.text_input(key="ds_saved_path").set_value(str(out)).run()
     assert not at.exception and not at.error
-    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 5
+    assert len(at.dataframe[0].value) == 5 and len(at.get("plotly_chart")) == 6
 
     # A folder written by a torchrun of several processes carries more in its manifest.
     manifest = json.loads((out / "results.json").read_text())

@@ -20,7 +20,7 @@ from ats_viz.methods import parse_ladder, parse_methods
 from ats_viz.results import RESULT_FILES, load_results, results_zip
 from ats_viz.stats import wilson
 from ats_viz.vit import resolve
-from ats_viz.synthetic import CLASSES, sample, write_imagefolder
+from ats_viz.synthetic import CLASSES, draw, sample, write_imagefolder
 
 pytestmark = pytest.mark.usefixtures("no_grad")
 
@@ -55,6 +55,19 @@ def test_sweep_equals_a_plain_loop_of_run_ats(model, folder):
         summary = res.summary().set_index("setting").loc[cfg.id]
         assert summary["top1"] == hits / len(ds.items)
         assert summary["gflops_mean"] == pytest.approx(np.mean(flops), rel=1e-12)
+
+
+def test_tokens_by_objects_reads_each_scenes_count_and_only_where_every_image_has_one(model, folder):
+    ds = load_dataset(folder, model.class_names, subset=6)
+    table = run_sweep(model, ds, [ATSConfig()], batch=6, cache=None).per_image()
+    index = {item.name: int(item.path.name.split("_")[1]) for item in ds.items}  # circle_00001_3obj.png
+    drawn = {name: len(draw((7, item.target, index[name]), label=item.target)[1].objects)
+             for name, item in ((item.name, item) for item in ds.items)}
+    assert list(viz.objects_per_image(table)) == [drawn[name] for name in table["image"]]
+    box = viz.tokens_by_figure(table, ATSConfig().id, "objects").data[0]
+    assert list(box.x) == [drawn[name] for name in table["image"]] and list(box.y) == list(table["tokens_final"])
+    # one image named by someone else: no count is guessed, so the page draws no such figure
+    assert viz.objects_per_image(table.assign(image=["holiday.png", *table["image"][1:]])) is None
 
 
 def test_a_setting_has_one_colour_in_every_sweep_figure(model, folder):

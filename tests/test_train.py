@@ -38,7 +38,8 @@ def test_a_cached_heldout_set_drawn_another_way_is_never_read(tmp_path, monkeypa
     crescent = synthetic.CLASSES.index("crescent")
 
     def first_crescent(folder):
-        return np.asarray(read_image((folder / "crescent" / "crescent_00000.png").read_bytes()))
+        (path,) = (folder / "crescent").glob("crescent_00000_*obj.png")
+        return np.asarray(read_image(path.read_bytes()))
 
     def drawn_now():
         return synthetic.sample((synthetic.HELDOUT_SEED, crescent, 0), label=crescent)[0]
@@ -57,15 +58,34 @@ def test_a_cached_heldout_set_drawn_another_way_is_never_read(tmp_path, monkeypa
         data._heldout_key.cache_clear()
 
 
-def test_objects_vary_in_size_and_stay_in_frame():
-    areas = []
-    for i in range(30):
-        rng = np.random.default_rng(i)
-        spec = synthetic.random_spec(rng, i % 10)
-        m = synthetic.shape_mask(synthetic.CLASSES[spec.label], spec.center, spec.radius, spec.angle)
-        areas.append(m.sum() / m.size)
-        assert m[0].sum() + m[-1].sum() + m[:, 0].sum() + m[:, -1].sum() < 0.05 * m.shape[0] * 4
-    assert min(areas) < 0.03 and max(areas) > 0.15
+def test_a_scenes_label_is_the_kind_it_shows_most_often_and_its_objects_stand_apart():
+    sizes = {}
+    for i in range(300):
+        img, scene = synthetic.draw((77, i))
+        kinds = [o.label for o in scene.objects]
+        n = len(kinds)
+        assert 1 <= n <= synthetic.MAX_OBJECTS and img.shape == (224, 224, 3)
+        lead = kinds.count(scene.label)
+        assert all(kinds.count(k) < lead for k in set(kinds) - {scene.label})  # never a tie
+        for a, o in enumerate(scene.objects):
+            assert o.radius <= o.center[0] <= 224 - o.radius and o.radius <= o.center[1] <= 224 - o.radius
+            for b in scene.objects[a + 1:]:
+                assert np.hypot(o.center[0] - b.center[0], o.center[1] - b.center[1]) >= o.radius + b.radius
+        sizes.setdefault(n, []).append(np.mean([o.radius for o in scene.objects]))
+    assert set(sizes) == set(range(1, synthetic.MAX_OBJECTS + 1))  # every count occurs
+    assert np.mean(sizes[8]) < 0.6 * np.mean(sizes[1])  # a busy scene's objects are smaller, to fit
+    # a label and a count can be asked for; the label is then the majority of that many objects
+    img, scene = synthetic.draw((5, 5), label=3, objects=6)
+    assert scene.label == 3 and len(scene.objects) == 6
+
+
+def test_a_written_scene_says_in_its_name_how_many_objects_it_holds(tmp_path):
+    folder = synthetic.write_imagefolder(tmp_path / "set", per_class=2, seed=9)
+    for ci, kind in enumerate(synthetic.CLASSES):
+        for i in range(2):
+            (path,) = (folder / kind).glob(f"{kind}_{i:05d}_*obj.png")
+            assert synthetic.objects_in(path.name) == len(synthetic.draw((9, ci, i), label=ci)[1].objects)
+    assert synthetic.objects_in("holiday.png") is None and synthetic.objects_in("cat_3objects.png") is None
 
 
 def test_video_frames_follow_the_object():
@@ -99,6 +119,15 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
     with torch.no_grad():
         assert torch.allclose(run_ats(again.eval(), x, ATSConfig()).logits, run_ats(net, x, ATSConfig()).logits)
     assert "top-1" in (tmp_path / "tiny.md").read_text()
+    # ATS's cost by the scene's number of objects: every count of the ten scenes, means of their GFLOPs
+    drawn = [len(synthetic.draw((5, ci, 0), label=ci)[1].objects) for ci in range(10)]
+    assert sorted(map(int, metrics["ats_gflops_by_objects"])) == sorted(set(drawn))
+    # --rescore: the bundled set is the one scored now; the rest of the card stays as trained
+    assert main(["train", "--rescore", "--out", str(tmp_path), "--name", "tiny", "--eval-per-class", "1"]) == 0
+    card_now = json.loads((tmp_path / "tiny.json").read_text())
+    assert card_now["heldout"] == heldout_metrics(net, per_class=1)
+    assert card_now["training"] == card["training"] and card_now["note"] == card["note"]
+    assert f"seed {synthetic.HELDOUT_SEED}" in (tmp_path / "tiny.md").read_text()
 
 
 def test_training_with_ats_active_trains_the_reduced_model():
