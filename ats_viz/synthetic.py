@@ -26,8 +26,9 @@ CLASSES: tuple[str, ...] = (
 )
 SIZE = 224
 # The bundled evaluation set: images (HELDOUT_SEED, class, i), i < HELDOUT_PER_CLASS. Training draws
-# 4-tuple seeds, a disjoint space. The seed was new when the shipped model was scored on it.
-HELDOUT_SEED = 26648
+# 4-tuple seeds, a disjoint space. The seed was drawn (secrets.randbelow) after the shipped scenes
+# model was trained, and nothing was changed after it was scored.
+HELDOUT_SEED = 93545
 HELDOUT_PER_CLASS = 200
 MAX_OBJECTS = 8  # a scene holds 1 to MAX_OBJECTS objects
 MIN_RADIUS = 16.0  # the smallest object still shows its texture in whole patches
