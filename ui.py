@@ -19,7 +19,7 @@ from ats_viz import jobs
 from ats_viz.data import IMAGE_TYPES, read_image
 from ats_viz.methods import METHODS, format_stages, format_value, get
 from ats_viz.setting import from_text
-from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, source_stamp
+from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, net_on_device, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
 from ats_viz import overlays, timing, viz
@@ -43,8 +43,10 @@ def _param_default(field: str) -> str:
 
 PARAMS = {m.param.field: m.param for m in METHODS.values() if m.param}
 OPTIONS = {o.field: o for m in METHODS.values() for o in m.options if o.choices}  # options the sidebar offers
+# Where the pages run: the server's first GPU where it has one (one model copy per device).
+DEVICES = ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
 DEFAULTS = {"source": "embedded", "timm_name": "deit_small_patch16_224", "ckpt": "", "arch": "",
-            "method": "ats", "stages": "",
+            "device": DEVICES[min(1, len(DEVICES) - 1)], "method": "ats", "stages": "",
             **{field: _param_default(field) for field in PARAMS},
             **{field: o.default for field, o in OPTIONS.items()}}
 
@@ -55,6 +57,7 @@ class Settings:
     arch: str | None
     config: ATSConfig
     stages_text: str
+    device: str = "cpu"  # where the pages run the model ("cpu", "cuda:0", ...)
 
 
 def _init_state() -> None:
@@ -65,6 +68,8 @@ def _init_state() -> None:
         st.session_state.source = "embedded"
     if st.session_state.method not in METHODS:
         st.session_state.method = "ats"
+    if st.session_state.device not in DEVICES:  # a link from a server with more GPUs
+        st.session_state.device = DEFAULTS["device"]
     for field, o in OPTIONS.items():  # the URL gives text: the choice it names, else the default
         text = str(st.session_state[field])
         # yes/no: how links made before the options came from the registry wrote a yes-or-no choice
@@ -109,6 +114,9 @@ def sidebar() -> Settings | None:
             model, arch = st.session_state.ckpt, st.session_state.arch.strip() or None
         else:
             model = st.session_state.source
+        if len(DEVICES) > 1:
+            st.selectbox("Device", DEVICES, help="Where this page runs the model: each device holds its own copy.",
+                         **_bind("device"))
         st.header("Token reduction")
         st.selectbox("Method", list(METHODS), format_func=lambda n: METHODS[n].label, **_bind("method"))
         method = METHODS[st.session_state.method]
@@ -138,7 +146,7 @@ def sidebar() -> Settings | None:
     except InputError as err:
         st.error(str(err))
         return None
-    return Settings(model, arch, config, st.session_state.stages)
+    return Settings(model, arch, config, st.session_state.stages, st.session_state.device)
 
 
 # Each method's own stages, as the registry says them for a 12-block ViT.
@@ -217,20 +225,22 @@ def model_or_error(settings: Settings) -> LoadedModel | None:
 
 @st.cache_data(max_entries=64, show_spinner=False)
 def run_cached(_loaded: LoadedModel, weights: str, image_key: str, _x: torch.Tensor,
-               config: ATSConfig) -> ATSResult:
-    """One image under one setting; keyed by the weights' digest, the image's and the setting."""
+               config: ATSConfig, device: str) -> ATSResult:
+    """One image under one setting on ``device`` (the model's copy there; the result comes back
+    to the host); keyed by the weights' digest, the image's, the setting and the device."""
+    net = net_on_device(_loaded.net, device)
     with torch.no_grad():
-        return run_ats(_loaded.net, _x, config)
+        return run_ats(net, _x.to(device), config).cpu()
 
 
 def digest(x: torch.Tensor) -> str:
     return hashlib.sha1(x.numpy().tobytes()).hexdigest()
 
 
-def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig) -> ATSResult:
+def run(loaded: LoadedModel, x: torch.Tensor, config: ATSConfig, device: str) -> ATSResult:
     """One image under one setting; where the model's outputs for it are not numbers (NaN or
     infinite), the page says so and stops: there is no prediction to show."""
-    res = run_cached(loaded, model_hash(loaded.net), digest(x), x, config)
+    res = run_cached(loaded, model_hash(loaded.net), digest(x), x, config, device)
     if not bool(torch.isfinite(res.logits).all()):
         st.error(f"The model's outputs for this image are not numbers (NaN or infinite) under {config.label()}, "
                  "so there is no prediction to show. Try another image; if every image does this, the model's "
@@ -244,19 +254,20 @@ _SPEED_KEPT = 32  # timings kept per session: enough to go back and forth betwee
 
 
 def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig],
-                   key: str) -> dict[str, timing.Measured] | None:
+                   key: str, device: str) -> dict[str, timing.Measured] | None:
     """A "Measure speed" button: the image timed under ``configs`` and the full model, only
     when pressed (a timing takes seconds, and reruns happen on every click). Kept in session
     state by image, weights and settings, so it shows again until one of them changes.
     Returns {setting id: Measured}, the full model's under ``FULL.id``; None before the press."""
     speeds = st.session_state.setdefault("speed", {})
-    stored = (digest(x), model_hash(loaded.net), tuple(c.id for c in configs))
+    stored = (digest(x), model_hash(loaded.net), tuple(c.id for c in configs), device)
+    where = "CPU" if device == "cpu" else f"GPU ({device})"
     if st.button("Measure speed", key=f"{key}_speed",
                  help=f"Times this image: {SPEED_WARMUP} warm-up and {SPEED_REPEATS} timed runs of each setting "
-                      "and of the full model, interleaved, on this server's CPU."):
+                      f"and of the full model, interleaved, on this server's {where}."):
         with st.spinner("Timing..."):
-            measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS)
-        speeds[stored] = ({m.id: m for m in measured}, str(timing.machine("cpu")))
+            measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS, device)
+        speeds[stored] = ({m.id: m for m in measured}, str(timing.machine(device)))
         while len(speeds) > _SPEED_KEPT:
             speeds.pop(next(iter(speeds)))
     hit = speeds.get(stored)

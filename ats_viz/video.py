@@ -284,8 +284,8 @@ def _jpeg(rgb: np.ndarray) -> bytes:
 def _run_batch(model: LoadedModel, config: ATSConfig, batch: list[Frame],
                previous: int | None) -> list[FrameResult]:
     x = torch.cat([model.prepare(Image.fromarray(f.rgb)) for f in batch])
-    with torch.inference_mode():
-        res = run_ats(model.net, x, config)
+    with torch.inference_mode():  # on the model's device; what is kept comes back to the host
+        res = run_ats(model.net, x.to(next(model.net.parameters()).device), config).cpu()
     probs = res.logits.float().softmax(dim=1)
     out = []
     for i, f in enumerate(batch):

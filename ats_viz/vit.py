@@ -104,6 +104,14 @@ class StageTrace:
         """B: patch tokens leaving the stage."""
         return (self.destination.max(dim=1).values + 1).clamp(min=0).cpu()
 
+    def to(self, device: torch.device | str, prev: StageTrace | None = None) -> StageTrace:
+        """The same trace with its tensors on ``device``, after ``prev`` (the stage before, moved)."""
+        def on(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return StageTrace(self.block, self.value, on(self.present), on(self.token_scores), on(self.kept),
+                          on(self.dest), self.num_patches, prev, on(self.start))
+
     def take(self, index: int) -> StageTrace:
         """Image ``index`` alone (copied, so the batch can be freed)."""
         def one(t: Tensor | None) -> Tensor | None:
@@ -138,6 +146,14 @@ class ATSResult:
 
         return ATSResult(one(self.logits), one(self.gflops), self.full_gflops, one(self.token_counts),
                          self.num_prefix, self.grid, self.config, [s.take(index) for s in self.stages])
+
+    def cpu(self) -> ATSResult:
+        """The result with every tensor in host memory (a run on a GPU, kept for the pages)."""
+        stages: list[StageTrace] = []
+        for s in self.stages:
+            stages.append(s.to("cpu", stages[-1] if stages else None))
+        return ATSResult(self.logits.cpu(), self.gflops.cpu(), self.full_gflops, self.token_counts.cpu(),
+                         self.num_prefix, self.grid, self.config, stages)
 
     def summary(self, index: int = 0) -> dict:
         """Image ``index`` as plain data (JSON-ready): costs, counts and every stage's choice."""

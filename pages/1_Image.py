@@ -20,8 +20,8 @@ if prepared is None:
     st.stop()
 x, seen = prepared
 with st.spinner("Running the model..."):
-    res = ui.run(loaded, x, settings.config)
-    full = ui.run(loaded, x, FULL)
+    res = ui.run(loaded, x, settings.config, settings.device)
+    full = ui.run(loaded, x, FULL, settings.device)
 
 total = res.grid[0] * res.grid[1]
 final = int(res.patch_counts[0, -1])
@@ -42,7 +42,7 @@ with right:
     ui.shipped_model_note(loaded)
     st.plotly_chart(viz.tokens_figure({settings.config.label(): res, FULL.label(): full}), width="stretch")
 
-speed = ui.measured_speed(loaded, x, [settings.config], "image")
+speed = ui.measured_speed(loaded, x, [settings.config], "image", settings.device)
 if speed is not None:
     mine, ref = speed[settings.config.id], speed[FULL.id]
     s = st.columns(4)

@@ -46,7 +46,7 @@ else:
                "ATS adapts per image, the others have fixed rates. Stages: each method's own.")
     if not ui.check(loaded, [ats]):
         st.stop()
-    target = float(ui.run(loaded, x, ats).gflops[0])
+    target = float(ui.run(loaded, x, ats, settings.device).gflops[0])
     configs = [ats if n == ats.method else equal_cost(loaded.net, n, target)[0] for n in names
                if n == ats.method or not get(n).adaptive]
     titles = [cfg.label() for cfg in configs]
@@ -55,10 +55,10 @@ else:
 if not configs or not ui.check(loaded, configs):
     st.stop()
 with st.spinner(f"Running {len(configs)} settings..."):
-    results = [ui.run(loaded, x, cfg) for cfg in configs]
-full = ui.run(loaded, x, FULL)
+    results = [ui.run(loaded, x, cfg, settings.device) for cfg in configs]
+full = ui.run(loaded, x, FULL, settings.device)
 
-speed = ui.measured_speed(loaded, x, configs, "compare")
+speed = ui.measured_speed(loaded, x, configs, "compare", settings.device)
 if speed is not None:
     st.metric("full: measured", f"{speed[FULL.id].ms_per_image:.1f} ms")
 total = full.grid[0] * full.grid[1]

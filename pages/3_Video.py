@@ -10,7 +10,7 @@ import streamlit as st
 import ui
 from ats_viz import InputError, synthetic, viz
 from ats_viz import video as vid
-from ats_viz.models import model_hash
+from ats_viz.models import model_hash, on_device
 
 settings = ui.sidebar()
 st.title("Tokens over a video")
@@ -71,7 +71,7 @@ c3.markdown(f"**{path.name if upload is None else upload.name}**: {info.width} x
             f"{info.fps:.3g} fps, {length}, codec {info.codec}.  \n"
             f"Analysing one frame in {stride}: {expected or 'up to ' + str(max_frames)} frames.")
 
-key = (source, model_hash(loaded.net), settings.config.id, stride, int(max_frames))
+key = (source, model_hash(loaded.net), settings.config.id, stride, int(max_frames), settings.device)
 stored = st.session_state.get("video_result")
 if stored is not None and not stored[1].frames:
     st.info("Stopped (while queued, or before the first frame was done). Press Analyse again.")
@@ -86,7 +86,7 @@ if stored is None or stored[0] != key:
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
         with ui.queued():
-            vid.analyse_video(loaded, path, settings.config, stride, int(max_frames),
+            vid.analyse_video(on_device(loaded, settings.device), path, settings.config, stride, int(max_frames),
                               progress=lambda done, _: bar.progress(done / expected if expected else 0.0,
                                                                     text=f"{done} of {expected or '?'} frames"),
                               # partial results survive a stop

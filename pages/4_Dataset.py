@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-import torch
 
 import ui
 from ats_viz import InputError, cachebudget, timing, viz
@@ -161,14 +160,14 @@ except InputError as err:
 if chosen is None:
     st.stop()
 
-c = st.columns([4, 2, 1, 1, 1])
+c = st.columns([4, 2, 1, 1])
 methods = c[0].multiselect("Methods (full is always in)", list(REDUCERS), list(SWEEP_DEFAULT),
                            format_func=lambda n: METHODS[n].label, key="ds_methods")
 subset = c[1].number_input("Images (0: all)", 0, 10_000_000, 0, key="ds_subset",
                            help="A random subset of this size, fixed by the seed.")
 seed = c[2].number_input("Seed", 0, 2**31 - 1, 0, key="ds_seed", help="Seeds the subset and the random baseline.")
 batch = c[3].number_input("Batch", 1, 1024, 32, key="ds_batch")
-device = c[4].selectbox("Device", ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"], key="ds_device")
+device = settings.device  # the sidebar's
 ladders = {}
 for col, name in zip(st.columns(max(len(methods), 1)), methods):
     param = METHODS[name].param

@@ -95,3 +95,33 @@ def test_a_cuda_batch_equals_its_images_alone(nets, images):
         one = run_ats(gpu, x[i:i + 1], ATSConfig(k=60))
         assert torch.equal(one.token_counts, batch.token_counts[i:i + 1])
         assert torch.allclose(one.logits, batch.logits[i:i + 1], atol=1e-4)
+
+
+@pytest.mark.parametrize("config", SETTINGS + [ATSConfig(method="pitome")], ids=lambda c: c.label())
+def test_a_forward_waits_on_the_gpu_only_where_ats_counts_its_tokens(nets, images, config):
+    """Fixed-rate methods know every shape before the run: their forward must never wait on
+    the GPU (CUDA's sync debug mode raises on any wait). ATS learns its counts from the data:
+    one read-back per stage at most, counted by the warnings of the same mode."""
+    import warnings
+
+    _, gpu = nets
+    x = images.cuda()
+    run_ats(gpu, x, config)  # first-call work (the FLOP probe, allocations) out of the way
+    torch.cuda.synchronize()
+    if config.method == "ats":
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                res = run_ats(gpu, x, config)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        waits = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(waits) <= len(res.stages), [str(w.message) for w in waits]
+        return
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        res = run_ats(gpu, x, config)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert res.logits.is_cuda

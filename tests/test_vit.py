@@ -184,3 +184,18 @@ def test_fixed_rate_methods_never_read_the_device_back(cfg):
     assert res.token_counts.tolist() == [fixed_counts(cfg, 12, 196, 1)] * 2
     with pytest.raises(NotImplementedError):
         run_ats(net, x, ATSConfig())
+
+
+@pytest.mark.parametrize("cfg", [ATSConfig(k=0.5), ATSConfig(method="tome", r=13), ATSConfig(method="evit")],
+                         ids=lambda c: c.id)
+def test_a_result_brought_to_the_host_keeps_every_stages_view(deit_tiny, images, cfg):
+    """The pages run on the server's GPU and keep ``res.cpu()``: each stage's grid views are
+    composed through the stages before it, so the copy must keep that chain, not only tensors."""
+    res = run_ats(deit_tiny, images, cfg)
+    host = res.cpu()
+    assert torch.equal(host.logits, res.logits) and torch.equal(host.token_counts, res.token_counts)
+    for a, b in zip(res.stages, host.stages):
+        assert b.prev is (host.stages[host.stages.index(b) - 1] if b is not host.stages[0] else None)
+        for view in ("groups", "kept_mask", "merged_mask", "present_mask", "scores"):
+            assert torch.equal(getattr(a, view), getattr(b, view)), view
+    assert host.summary(1) == res.summary(1)
