@@ -237,7 +237,7 @@ def compose(bg: np.ndarray, objects: Sequence[ShapeSpec]) -> np.ndarray:
         x0, y0, x1, y1 = box
         m = shape_mask(CLASSES[spec.label], spec.center, spec.radius, spec.angle, size, box)
         rim = np.clip(cv2.GaussianBlur(m, (0, 0), 1.5) * 1.6 - m, 0, 1)
-        shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, spec.radius, size, box)
+        shade = 0.4 + 0.6 * fill_pattern(spec.label, spec.center, spec.angle, spec.radius, size, box=box)
         fill = np.array(spec.colour, np.float32) * shade[..., None]
         part = img[y0:y1, x0:x1] * (1 - rim[..., None]) + 20 * rim[..., None]
         img[y0:y1, x0:x1] = part * (1 - m[..., None]) + fill * m[..., None]

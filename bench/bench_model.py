@@ -91,12 +91,13 @@ def main() -> None:
     for goal, got, met in goals:
         print(f"| {goal} | {got} | {'yes' if met else 'NO'} |")
 
-    # Equal cost: each method's top-1 along its own curve (linear between its settings) at the GFLOPs
-    # of ATS's settings; '-' where a method's ladder does not reach that cost.
-    levels = list(ats["gflops_mean"])
-    print("\nTop-1 at equal cost (each method's curve, with the full model as its dearest point, read at "
-          "the GFLOPs of ATS's ladder):\n")
-    print("| method | " + " | ".join(f"{x:.4f} GFLOPs" for x in levels) + " |")
+    # Equal cost: each method's top-1 along its own curve (linear between its settings, the full model
+    # its dearest point) at shares of the full model's GFLOPs; '-' where its ladder does not reach that cost.
+    shares = (0.4, 0.5, 0.6, 0.7)
+    levels = [share * full.gflops_mean for share in shares]
+    print("\nTop-1 at equal cost (each method's curve, the full model its dearest point, read at a share of "
+          "the full model's GFLOPs; '-': its default ladder does not reach that cost):\n")
+    print("| method | " + " | ".join(f"{share:.0%} of full" for share in shares) + " |")
     print("|---|" + "---|" * len(levels))
     for method, g in summary.groupby("method", sort=False):
         if method == "full":

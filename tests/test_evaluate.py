@@ -352,7 +352,8 @@ def test_bad_datasets_are_refused_with_a_sentence(model, folder, tmp_path):
     msg = _refusal(load_dataset, tmp_path / "pets", names)
     assert "None of the labels ('dog') match the model's classes ('circle'" in msg
     csv = tmp_path / "labels.csv"
-    csv.write_text("circle/circle_00000.png,circle\ncircle/gone.png,circle\n../escape.png,circle\n")
+    real = next((folder / "circle").glob("*.png")).relative_to(folder).as_posix()
+    csv.write_text(f"{real},circle\ncircle/gone.png,circle\n../escape.png,circle\n")
     msg = _refusal(load_dataset, folder, names, csv)
     assert "The CSV names 2 file(s) that are not in" in msg and "'circle/gone.png'" in msg
     csv.write_text("only-one-column\n")

@@ -218,7 +218,8 @@ def test_the_shipped_model_says_what_it_knows_beside_its_prediction(monkeypatch,
     # A photo gets one of ten shapes: the page says so, and where a model for photos is.
     at = open_app(monkeypatch, "1_Image.py")
     note = next(c.value for c in at.caption if "synthetic shapes" in c.value)
-    assert f"knows {len(model.class_names)} synthetic shapes ({', '.join(model.class_names)})" in note
+    assert "knows scenes of 1 to 8 synthetic shapes and names the kind they show most often" in note
+    assert f"one of {len(model.class_names)} ({', '.join(model.class_names)})" in note
     assert "timm pretrained model" in note and "deit_small_patch16_224" in note
 
 

