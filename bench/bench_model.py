@@ -123,6 +123,17 @@ def main() -> None:
               f"{full_hits:.1%} |")
     print(f"\nSpearman correlation of objects with ATS's final tokens: {spearman(rows.objects, rows.tokens_final):.2f}, "
           f"with its GFLOPs: {spearman(rows.objects, rows.gflops):.2f}")
+    # The scene behind each row, drawn again from its seed (class and index are in its file name):
+    # how many objects and how much area are of the label's kind, and how many are of other kinds.
+    scenes = [synthetic.random_scene(np.random.default_rng((seed, kind, int(Path(name).name.split("_")[1]))),
+                                     label=kind)
+              for name, kind in zip(rows["image"], rows["target"])]
+    rows["lead"] = [sum(o.label == s.label for o in s.objects) for s in scenes]
+    rows["others"] = rows["objects"] - rows["lead"]
+    rows["lead_area"] = [sum(o.radius ** 2 for o in s.objects if o.label == s.label) for s in scenes]
+    print("Spearman correlation of ATS's final tokens with the label's kind: its objects "
+          f"{spearman(rows.lead, rows.tokens_final):.2f}, their area {spearman(rows.lead_area, rows.tokens_final):.2f}; "
+          f"with the objects of other kinds {spearman(rows.others, rows.tokens_final):.2f}")
 
 
 if __name__ == "__main__":
