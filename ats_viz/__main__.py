@@ -41,14 +41,14 @@ def _train(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else ASSETS
     spec = shapes_spec(args.width, args.depth, args.heads)
     command = "python -m ats_viz " + " ".join(sys.argv[1:])
-    plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
-    net = build(spec)
     log = lambda line: print(line, flush=True)  # noqa: E731
     if args.rescore:
         for stem in (args.name, args.name + "-ats"):
             if (out / f"{stem}.json").is_file():
                 log(f"{stem}: {rescore(out, stem, args.eval_per_class)}")
         return
+    plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
+    net = build(spec)
     if args.resume:
         load_weights(net, Path(args.resume))
         log(f"starting from {args.resume}")

@@ -22,7 +22,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from . import synthetic
-from .arch import MEAN, STD, ModelSpec
+from .arch import MEAN, STD, ModelSpec, build
 from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED
 from .setting import FULL, ATSConfig
 from .vit import run_ats
@@ -194,8 +194,6 @@ def rescore(out: Path, stem: str, per_class: int | None = None) -> dict[str, Any
     """Score a checkpoint written here on the bundled held-out set as it is now (after its seed
     changed, say) and rewrite its card's held-out numbers; everything else stays."""
     card = json.loads((out / f"{stem}.json").read_text())
-    from .arch import build
-
     net = load_weights(build(ModelSpec(**card["architecture"])), out / f"{stem}.safetensors")
     card["heldout"] = heldout_metrics(net, per_class)
     write_card(out, card)

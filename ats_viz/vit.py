@@ -104,21 +104,21 @@ class StageTrace:
         """B: patch tokens leaving the stage."""
         return (self.destination.max(dim=1).values + 1).clamp(min=0).cpu()
 
-    def to(self, device: torch.device | str, prev: StageTrace | None = None) -> StageTrace:
-        """The same trace with its tensors on ``device``, after ``prev`` (the stage before, moved)."""
+    def _mapped(self, f, prev: StageTrace | None, start: Tensor | None) -> StageTrace:
+        """The same stage with ``f`` applied to each of its tensors, after ``prev``, from ``start``."""
         def on(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device)
+            return None if t is None else f(t)
 
         return StageTrace(self.block, self.value, on(self.present), on(self.token_scores), on(self.kept),
-                          on(self.dest), self.num_patches, prev, on(self.start))
+                          on(self.dest), self.num_patches, prev, on(start))
+
+    def to(self, device: torch.device | str, prev: StageTrace | None = None) -> StageTrace:
+        """The same trace with its tensors on ``device``, after ``prev`` (the stage before, moved)."""
+        return self._mapped(lambda t: t.to(device), prev, self.start)
 
     def take(self, index: int) -> StageTrace:
         """Image ``index`` alone (copied, so the batch can be freed)."""
-        def one(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[index:index + 1].clone()
-
-        return StageTrace(self.block, self.value, one(self.present), one(self.token_scores), one(self.kept),
-                          one(self.dest), self.num_patches, None, one(self.owner_in))
+        return self._mapped(lambda t: t[index:index + 1].clone(), None, self.owner_in)
 
 
 @dataclass

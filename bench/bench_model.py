@@ -125,8 +125,7 @@ def main() -> None:
           f"with its GFLOPs: {spearman(rows.objects, rows.gflops):.2f}")
     # The scene behind each row, drawn again from its seed (class and index are in its file name):
     # how many objects and how much area are of the label's kind, and how many are of other kinds.
-    scenes = [synthetic.random_scene(np.random.default_rng((seed, kind, int(Path(name).name.split("_")[1]))),
-                                     label=kind)
+    scenes = [synthetic.draw((seed, kind, int(Path(name).name.split("_")[1])), label=kind)[1]
               for name, kind in zip(rows["image"], rows["target"])]
     rows["lead"] = [sum(o.label == s.label for o in s.objects) for s in scenes]
     rows["others"] = rows["objects"] - rows["lead"]

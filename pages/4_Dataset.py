@@ -64,8 +64,9 @@ def show(per_image: pd.DataFrame, summary: pd.DataFrame, full_gflops: float, cla
     st.plotly_chart(viz.tokens_by_figure(per_image, chosen, "class"), key="ds_tokens_by_class")
     if viz.objects_per_image(per_image) is not None:  # the bundled scenes say how many objects each holds
         st.plotly_chart(viz.tokens_by_figure(per_image, chosen, "objects"), key="ds_tokens_by_objects")
-        st.caption("A busy scene holds more evidence for its label than a simple one: an adaptive method "
-                   "(ATS) keeps more of its tokens, a fixed-rate one keeps the same number whatever it shows.")
+        st.caption("A busy scene holds more evidence for its label than a simple one. A method whose token "
+                   "count follows that keeps more tokens on busy scenes; a fixed-rate one keeps the same number "
+                   "whatever the image shows.")
     with st.expander("Every image and setting"):
         only = st.selectbox("Setting", labels, key="ds_table_setting")
         st.dataframe(per_image[per_image["setting"] == only], hide_index=True)
