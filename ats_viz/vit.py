@@ -3,10 +3,12 @@
 ``run_ats`` walks the model's own modules block by block (same weights, same order of
 operations as timm) and, at each stage, hands the block to the setting's reducer
 (``methods``) at its place: inside the attention, where ATS, top-K and random score the patch
-tokens and only the survivors' query rows go on (ATS's counts differ per image, so a batch is
-padded to its largest set and the padded keys are masked: every image keeps exactly what it
-would keep alone), or after the attention residual, where ToMe, EViT and PiToMe reduce every
-image to the same count.
+tokens and only the survivors' query rows go on, or after the attention residual, where ToMe,
+EViT and PiToMe reduce every image to the same count.
+ATS's counts differ per image. A batch then holds each image's tokens padded to its largest
+set, but only the attention sees the padding (its keys masked, so every image keeps exactly
+what it would keep alone): the linear layers and the MLP run on the real tokens alone, packed,
+so an image's tokens cost what they are whatever the rest of the batch keeps.
 ``patch_vit`` swaps the model's class (as ToMe does) so that ``net(images)`` returns the
 reduced model's logits.
 """
@@ -216,9 +218,14 @@ class TokenState:
     num_patches: int  # of the original input
     grid: tuple[int, int]
     image_hw: tuple[int, int]
-    # Some image has fewer tokens than the widest (ATS in a batch). Known on the host, so no
-    # block has to ask the device whether ``valid`` is all true.
-    padded: bool = False
+    # Where some image has fewer tokens than the widest (ATS in a batch): the flat indices, in
+    # B x (prefix + P), of the real tokens (prefix included), each image's in order. None: no
+    # padding. Known on the host, so no block has to ask the device whether ``valid`` is all true.
+    rows: Tensor | None = None
+
+    @property
+    def padded(self) -> bool:
+        return self.rows is not None
 
 
 def embed(net: VisionTransformer, images: Tensor) -> TokenState:
@@ -235,11 +242,32 @@ def embed(net: VisionTransformer, images: Tensor) -> TokenState:
     return TokenState(x, pos, valid, None, counts, [], 0, p, grid, tuple(images.shape[-2:]))
 
 
-def _attention_inputs(blk: Block, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _on_rows(f, rows: Tensor | None, *xs: Tensor) -> Tensor:
+    """``f`` of B x N x ... tensors, computed on the real tokens alone where ``rows`` says which
+    (zeros in the padding, which nothing reads). ``f`` must act on each token by itself (linear
+    layers, norms, the MLP): then packing changes nothing but the cost."""
+    if rows is None:
+        return f(*xs)
+    b, n = xs[0].shape[:2]
+    y = f(*(x.reshape(b * n, *x.shape[2:]).index_select(0, rows) for x in xs))
+    return y.new_zeros(b * n, *y.shape[1:]).index_copy_(0, rows, y).view(b, n, *y.shape[1:])
+
+
+def _real_rows(n_kept: Tensor, npre: int, width: int, total: int) -> Tensor:
+    """The flat indices of each image's prefix and ``n_kept`` patch tokens in B x (npre + width),
+    ``total`` of them (known on the host: computed on the device without waiting on it)."""
+    lens = n_kept + npre
+    image = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens, output_size=total)
+    start = lens.cumsum(0) - lens
+    return image * (npre + width) + torch.arange(total, device=lens.device) - start[image]
+
+
+def _attention_inputs(blk: Block, x: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """q, k, v (B x H x N x head_dim) of the block's normalised input, as timm computes them."""
     attn = blk.attn
     b, n, _ = x.shape
-    qkv = attn.qkv(blk.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    qkv = _on_rows(lambda t: attn.qkv(blk.norm1(t)), rows, x)
+    qkv = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     return attn.q_norm(q), attn.k_norm(k), v
 
@@ -277,11 +305,13 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Ten
     b = x.shape[0]
     if count is not None:
         n_kept, width = torch.full((b,), count), count
-        state.valid = state.valid.new_ones(b, width)
+        state.valid, state.rows = state.valid.new_ones(b, width), None
     else:
-        n_kept = kept.sum(dim=1).cpu()  # the stage's one read-back
+        on_device = kept.sum(dim=1)
+        n_kept = on_device.cpu()  # the stage's one read-back
         width = int(n_kept.max())
-        state.padded = bool((n_kept < width).any())
+        padded = bool((n_kept < width).any())
+        state.rows = _real_rows(on_device, npre, width, int(n_kept.sum()) + b * npre) if padded else None
     order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
     rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
     # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
@@ -298,7 +328,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     tokens after the attention residual (``Where.TOKENS``)."""
     blk, npre = net.blocks[index], net.num_prefix_tokens
     attn, x = blk.attn, state.x
-    q, k, v = _attention_inputs(blk, x)
+    q, k, v = _attention_inputs(blk, x, state.rows)
     mask = _key_mask(state, npre)
     reducer: Reducer = get(config.method)
     where = reducer.where if value is not None else Where.NOWHERE
@@ -319,8 +349,8 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     size = state.size if reducer.proportional else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),
                                          dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1))))
-    x = x + blk.drop_path1(blk.ls1(out))
+    out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1)
+    x = _on_rows(lambda t, o: t + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(attn.norm(o))))), state.rows, x, out)
 
     if where is Where.TOKENS:
         red = reducer.reduce(inp, x, value, config)
@@ -332,7 +362,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         state.pos = torch.arange(p, device=x.device).expand(b, p)  # not grid positions: merged tokens hold several
         n_kept = torch.full((b,), p)
 
-    state.x = x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+    state.x = _on_rows(lambda t: t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t)))), state.rows, x)
     # Counts change only where a stage reduces; elsewhere the previous tensor is reused.
     state.counts.append(state.counts[-1] if n_kept is None else n_kept + npre)
 
@@ -350,7 +380,7 @@ def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, sto
 def fork(state: TokenState) -> TokenState:
     """A copy to branch from: later blocks change the copy, never the original."""
     return TokenState(state.x, state.pos, state.valid, state.size, list(state.counts), list(state.stages),
-                      state.next_block, state.num_patches, state.grid, state.image_hw, state.padded)
+                      state.next_block, state.num_patches, state.grid, state.image_hw, state.rows)
 
 
 def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSResult:

@@ -43,3 +43,23 @@ def test_pruned_images_count_their_own_tokens(deit_tiny, images):
         assert float(res.gflops[i]) == pytest.approx(float(full) - (full_blocks - blocks) * 1e-9)
         assert res.gflops[i] < full
     assert len(set(res.gflops.tolist())) > 1
+
+
+def _linear_flops(net, x, cfg) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        res = run_ats(net, x, cfg)
+    ops = counter.get_flop_counts()["Global"]
+    return sum(n for op, n in ops.items() if op in (torch.ops.aten.addmm, torch.ops.aten.mm)), res
+
+
+def test_a_batch_computes_only_the_tokens_its_images_keep(deit_tiny, images):
+    """ATS pads a batch to its largest kept set, but the linear layers and the MLP (about 90% of
+    DeiT's FLOPs) see only the real tokens: a batch's matrix products are exactly the sum of its
+    images' products alone, however unequal their counts. Integer FLOP counts, so exact."""
+    cfg = ATSConfig(k=0.5)
+    batch_flops, batch = _linear_flops(deit_tiny, images, cfg)
+    assert len(set(batch.patch_counts[:, -1].tolist())) > 1, "precondition: unequal kept counts"
+    alone = [_linear_flops(deit_tiny, images[i:i + 1], cfg) for i in range(len(images))]
+    assert torch.equal(torch.cat([r.token_counts for _, r in alone]), batch.token_counts)
+    assert batch_flops == sum(f for f, _ in alone)
