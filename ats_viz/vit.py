@@ -335,15 +335,16 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     prev = state.stages[-1] if state.stages else None
     if where is not Where.NOWHERE:
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
-                         state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu")
+                         state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu"
+                         and not torch.compiler.is_compiling())
     n_kept = None
 
     if where is Where.QUERIES:
         with torch.no_grad():
             sel = reducer.select(inp, value, config)
-        rows = sel.index if sel.index is not None or not inp.single else sel.kept[0].nonzero()[:, 0]
         state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
         count = reducer.tokens_out(state.valid.shape[1], value, config)  # None: the images decide
+        rows = sel.index if sel.index is not None or not inp.single or count is not None else sel.kept[0].nonzero()[:, 0]
         q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, count, npre)
 
     size = state.size if reducer.proportional else None
