@@ -22,7 +22,7 @@ from ats_viz.setting import from_text
 from ats_viz.models import SAMPLES, LoadedModel, load_model, model_hash, net_on_device, source_stamp
 from ats_viz.paths import OFF, allowed_roots, confine, typed_paths_allowed
 from ats_viz.vit import ATSResult, resolve
-from ats_viz import overlays, timing, viz
+from ats_viz import compiled, overlays, timing, viz
 
 PAGES = {"app.py": ("Home", ":material/home:"), "pages/1_Image.py": ("Image", ":material/image:"),
          "pages/2_Compare.py": ("Compare", ":material/compare:"), "pages/3_Video.py": ("Video", ":material/movie:"),
@@ -253,6 +253,19 @@ SPEED_WARMUP, SPEED_REPEATS = 3, 10
 _SPEED_KEPT = 32  # timings kept per session: enough to go back and forth between images and settings
 
 
+def compile_choice(where, key: str, device: str) -> bool:
+    """The "Compiled" box beside a Measure speed button (``where``: a column or ``st``);
+    greyed out, saying why, where nothing can compile."""
+    why_not = compiled.why_not(device)
+    wanted = where.checkbox("Compiled", key=f"{key}_compile", disabled=why_not is not None,
+                            help=why_not or "Runs the settings through torch.compile, which fuses the small "
+                                            "operations that choosing tokens takes (at small batches their "
+                                            "cost, not the FLOPs, decides the time). The first timing of a "
+                                            "setting compiles it: seconds to minutes. The full model stays "
+                                            "timm's eager forward.")
+    return wanted and why_not is None
+
+
 def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig],
                    key: str, device: str) -> dict[str, timing.Measured] | None:
     """A "Measure speed" button: the image timed under ``configs`` and the full model, only
@@ -260,13 +273,16 @@ def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig
     state by image, weights and settings, so it shows again until one of them changes.
     Returns {setting id: Measured}, the full model's under ``FULL.id``; None before the press."""
     speeds = st.session_state.setdefault("speed", {})
-    stored = (digest(x), model_hash(loaded.net), tuple(c.id for c in configs), device)
     where = "CPU" if device == "cpu" else f"GPU ({device})"
-    if st.button("Measure speed", key=f"{key}_speed",
-                 help=f"Times this image: {SPEED_WARMUP} warm-up and {SPEED_REPEATS} timed runs of each setting "
-                      f"and of the full model, interleaved, on this server's {where}."):
-        with st.spinner("Timing..."):
-            measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS, device)
+    left, right = st.columns([1, 3])
+    compile = compile_choice(right, key, device)
+    stored = (digest(x), model_hash(loaded.net), tuple(c.id for c in configs), device, compile)
+    if left.button("Measure speed", key=f"{key}_speed",
+                   help=f"Times this image: {SPEED_WARMUP} warm-up and {SPEED_REPEATS} timed runs of each setting "
+                        f"and of the full model, interleaved, on this server's {where}."):
+        with st.spinner("Compiling and timing..." if compile else "Timing..."):
+            measured = timing.time_settings(loaded.net, [x], configs, SPEED_WARMUP, SPEED_REPEATS, device,
+                                            compile=compile)
         speeds[stored] = ({m.id: m for m in measured}, str(timing.machine(device)))
         while len(speeds) > _SPEED_KEPT:
             speeds.pop(next(iter(speeds)))
@@ -274,7 +290,8 @@ def measured_speed(loaded: LoadedModel, x: torch.Tensor, configs: list[ATSConfig
     if hit is None:
         return None
     st.caption(f"Median of {SPEED_REPEATS} timed runs after {SPEED_WARMUP} warm-up runs, every setting in turn, "
-               f"measured on {hit[1]}. The full model runs as timm's own forward. Timings move with the "
+               f"measured on {hit[1]}{', the settings compiled' if compile else ''}. The full model runs as timm's "
+               "own eager forward. Timings move with the "
                "machine's load; the speed-up is measured in the same run, so it moves less.")
     return hit[0]
 

@@ -28,6 +28,8 @@ PLAIN_NOTE = ("Trained plainly on scenes of 1 to 8 shapes, each labelled by the 
               "tokens sufficed and every budget looked free; here it lies in several places and its amount "
               "varies from scene to scene, as a photo's does under a pretrained ViT.")
 TUNED_NOTE = "The plain model fine-tuned with ATS active at blocks 3-11 (K = all patches)."
+_COMPILE_HELP = ("time the settings through torch.compile (each compiles first, seconds to minutes); the full "
+                 "model stays timm's eager forward. Needs a C++ compiler on the CPU, Triton on a GPU")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -149,7 +151,8 @@ def _evaluate(args: argparse.Namespace) -> None:
                 bar.total = total
                 bar.update(done - bar.n)
 
-            timed = time_dataset(model, dataset, settings, args.batch, device, progress=tick)
+            timed = time_dataset(model, dataset, settings, args.batch, device, progress=tick,
+                                 compile=_compile(args.compile, device))
         columns += ["ms_per_image", "images_per_s"]
     try:
         paths = write_results(result, args.out, timed)
@@ -202,17 +205,20 @@ def _benchmark(args: argparse.Namespace) -> None:
         pool = timing.folder_images(folder, pool_size, model)
         source = f"{len(pool)} images from {folder}"
     where = timing.machine(args.device)
-    print(f"{model.name} on {where}, torch {torch.__version__}; inputs: {source}", file=sys.stderr)
+    compile = _compile(args.compile, args.device)
+    print(f"{model.name} on {where}, torch {torch.__version__}; inputs: {source}"
+          f"{'; settings compiled first (seconds to minutes each)' if compile else ''}", file=sys.stderr)
     with tqdm(unit="run", desc="benchmark") as bar:
         def show(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        table = timing.benchmark(model.net, pool, settings, sizes, args.warmup, args.repeats, args.device, show)
+        table = timing.benchmark(model.net, pool, settings, sizes, args.warmup, args.repeats, args.device, show,
+                                 compile)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table[timing.CSV_COLUMNS].to_csv(out / "benchmark.csv", index=False)
-    title = f"{model.name} on {where}; median of {args.repeats} runs"
+    title = f"{model.name} on {where}{'; settings compiled' if compile else ''}; median of {args.repeats} runs"
     speed_figure(table, title).write_html(out / "benchmark.html", include_plotlyjs=True)
     speed_png(table, out / "benchmark.png", title)
     shown = table.assign(ms_iqr=table["ms_q1"].map("{:.2f}".format) + "-" + table["ms_q3"].map("{:.2f}".format))
@@ -220,6 +226,16 @@ def _benchmark(args: argparse.Namespace) -> None:
           .to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"inputs: {source}")
     print(f"wrote {out / 'benchmark.csv'}, {out / 'benchmark.png'}, {out / 'benchmark.html'}")
+
+
+def _compile(wanted: bool, device: str) -> bool:
+    """--compile where something can compile; else the sentence why not, and eager timing."""
+    from .compiled import why_not
+
+    why = why_not(device) if wanted else None
+    if why is not None:
+        print(f"--compile: {why} Timing without it.", file=sys.stderr)
+    return wanted and why is None
 
 
 def _ladders(args: argparse.Namespace) -> dict:
@@ -371,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time", action="store_true",
                    help="also time every setting on a few batches of the dataset's images: ms_per_image and "
                         "images_per_s in summary.csv")
+    p.add_argument("--compile", action="store_true", help=f"with --time: {_COMPILE_HELP}")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("benchmark", help="time settings on this machine: measured speed-up beside the GFLOPs ratio")
@@ -387,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--out", default="benchmark", help="the folder for benchmark.csv, .png and .html")
+    p.add_argument("--compile", action="store_true", help=_COMPILE_HELP)
     p.set_defaults(func=_benchmark)
 
     p = sub.add_parser("video", help="run a video through ATS frame by frame: annotated MP4 and per-frame CSV")

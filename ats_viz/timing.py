@@ -28,6 +28,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor
 
+from . import compiled
 from .data import Dataset, load_dataset, read_image
 from .devices import check_device, describe
 from .errors import InputError
@@ -92,24 +93,31 @@ class Measured:
 # ---------------------------------------------------------------------------- timing
 
 
-def _run(net: VisionTransformer, x: Tensor, config: ATSConfig) -> Tensor | None:
-    """One run; each image's GFLOPs, or None for the reference (timm's forward counts nothing)."""
+def _runner(net: VisionTransformer, config: ATSConfig, compile: bool) -> Callable[[Tensor], Tensor | None]:
+    """One run of a setting: each image's GFLOPs, or None for the reference (timm's eager
+    forward, compiled or not: the model as it runs without this project)."""
     if not get(config.method).reduces:
-        # The base class's forward: a net patched by patch_vit would otherwise run its setting.
-        VisionTransformer.forward(net, x)
-        return None
-    return run_ats(net, x, config).gflops
+        def reference(x: Tensor) -> None:
+            VisionTransformer.forward(net, x)  # the base class's: a net patched by patch_vit would run its setting
+        return reference
+    if compile:
+        run = compiled.forward(net, config)
+        return lambda x: run(x)[1]
+    return lambda x: run_ats(net, x, config).gflops
 
 
 def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Sequence[ATSConfig],
                   warmup: int = 3, repeats: int = 10, device: str = "cpu",
-                  progress: Callable[[int, int], None] | None = None) -> list[Measured]:
+                  progress: Callable[[int, int], None] | None = None, compile: bool = False) -> list[Measured]:
     """Time the full model and every setting of ``configs`` on ``inputs`` (batches of one size,
     normalised; each repetition, warm-up included, runs every setting on the next batch, in turn).
 
     Returns one Measured per setting, the full model first. ``progress(done, total)`` is
     called after every run, warm-up included. ``net`` itself is never moved: on another
     device a copy runs (``models.net_on_device``), so a shared model stays where it is.
+    ``compile``: the settings run compiled (``compiled.py``; each is compiled by an untimed run
+    before the warm-up), the full model still as timm's eager forward; where nothing can
+    compile, refused with ``compiled.why_not``'s sentence.
     """
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise InputError(f"Warm-up runs must be a whole number of 0 or more (got {warmup!r}).")
@@ -127,6 +135,8 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
     for cfg in settings:
         resolve(cfg, depth, patches)  # an impossible setting is refused before any run
     dev = check_device(device)
+    if compile and (why := compiled.why_not(dev)) is not None:
+        raise InputError(why)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     n = len(settings)
     total, done = (warmup + repeats) * n, 0
@@ -134,14 +144,18 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
     gflops: list[list[Tensor]] = [[] for _ in settings]
     net = net_on_device(net, dev)
     batches = [x.to(dev) for x in inputs]
+    runs = [_runner(net, cfg, compile) for cfg in settings]
     with torch.inference_mode():
+        if compile:
+            for run in runs:
+                run(batches[0])
         for r in range(warmup + repeats):
             x = batches[r % len(batches)]
             timed = r >= warmup
             for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
                 sync()
                 t0 = _clock()
-                per_image = _run(net, x, settings[j])
+                per_image = runs[j](x)
                 sync()
                 t1 = _clock()
                 if timed:
@@ -189,9 +203,10 @@ def batches_of(pool: Tensor, size: int) -> list[Tensor]:
 
 def benchmark(net: VisionTransformer, pool: Tensor, configs: Sequence[ATSConfig], batch_sizes: Sequence[int],
               warmup: int = 3, repeats: int = 10, device: str = "cpu",
-              progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+              progress: Callable[[int, int], None] | None = None, compile: bool = False) -> pd.DataFrame:
     """Every setting (and the full model) at every batch size: ``table`` of all of them.
-    Batch 1 gives the latency of one image, a large batch the throughput."""
+    Batch 1 gives the latency of one image, a large batch the throughput. ``compile``: as
+    ``time_settings``."""
     sizes = check_batch_sizes(batch_sizes)
     n = len(with_reference(configs))
     total = len(sizes) * (warmup + repeats) * n
@@ -202,7 +217,7 @@ def benchmark(net: VisionTransformer, pool: Tensor, configs: Sequence[ATSConfig]
             if progress is not None:
                 progress(before + done, total)
 
-        measured += time_settings(net, batches_of(pool, size), configs, warmup, repeats, device, step)
+        measured += time_settings(net, batches_of(pool, size), configs, warmup, repeats, device, step, compile)
         before += (warmup + repeats) * n
     return table(measured)
 
@@ -269,12 +284,13 @@ def dataset_images(dataset: Dataset, n: int, model: LoadedModel) -> Tensor:
 
 def time_dataset(model: LoadedModel, dataset: Dataset, configs: Sequence[ATSConfig], batch: int = 32,
                  device: str = "cpu", warmup: int = 1, repeats: int = 3,
-                 progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                 progress: Callable[[int, int], None] | None = None, compile: bool = False) -> pd.DataFrame:
     """A sweep's timing pass: a few batches of the dataset's own images at the sweep's batch
-    size, every setting timed; ``table`` rows for ``add_timing``."""
+    size, every setting timed (``compile``: as ``time_settings``); ``table`` rows for ``add_timing``."""
     batch = check_batch_sizes([batch])[0]
     pool = dataset_images(dataset, batch * repeats, model)
-    return table(time_settings(model.net, batches_of(pool, batch), configs, warmup, repeats, device, progress))
+    return table(time_settings(model.net, batches_of(pool, batch), configs, warmup, repeats, device, progress,
+                               compile))
 
 
 def add_timing(summary: pd.DataFrame, timed: pd.DataFrame) -> pd.DataFrame:

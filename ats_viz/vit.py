@@ -384,19 +384,22 @@ def fork(state: TokenState) -> TokenState:
                       state.next_block, state.num_patches, state.grid, state.image_hw, state.rows)
 
 
-def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSResult:
-    """Final norm and head (padding excluded from average pooling), costs and traces."""
+def _head(net: VisionTransformer, state: TokenState) -> Tensor:
+    """Final norm and head; padding is excluded from average pooling."""
     x = net.norm(state.x)
     if net.global_pool == "avg":
         w = state.valid.to(x.dtype).unsqueeze(-1)
         pooled = (x[:, net.num_prefix_tokens:] * w).sum(1) / w.sum(1).clamp(min=1)
-        logits = net.head(net.head_drop(net.fc_norm(pooled)))
-    else:
-        logits = net.forward_head(x)
+        return net.head(net.head_drop(net.fc_norm(pooled)))
+    return net.forward_head(x)
+
+
+def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSResult:
+    """Logits, costs and traces."""
     counts = torch.stack(state.counts, dim=1)
     h, w_ = state.image_hw
     return ATSResult(
-        logits=logits,
+        logits=_head(net, state),
         gflops=gflops(net, counts, h, w_, after_attention=get(config.method).where is Where.TOKENS),
         full_gflops=full_gflops(net, int(counts[0, 0]), h, w_),
         token_counts=counts,
@@ -414,13 +417,20 @@ def run_ats(net: VisionTransformer, images: Tensor, config: ATSConfig | None = N
     return finish(net, run_blocks(net, state, config), config)
 
 
+def run_logits(net: VisionTransformer, images: Tensor, config: ATSConfig) -> tuple[Tensor, Tensor]:
+    """Logits and token counts (B x (depth + 1)) alone, no costs or result: what a patched
+    model returns, and what a compiled forward (``compiled.py``) traces."""
+    state = run_blocks(net, embed(net, images), config)
+    return _head(net, state), torch.stack(state.counts, dim=1)
+
+
 class _ATSForward:
     """Mixed into a patched model's class: ``net(images)`` gives the reduced model's logits alone."""
 
     ats_config: ATSConfig
 
     def forward(self, x: Tensor) -> Tensor:
-        return run_ats(self, x).logits
+        return run_logits(self, x, self.ats_config)[0]
 
 
 _PATCHED: dict[type, type] = {}

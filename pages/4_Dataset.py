@@ -252,16 +252,19 @@ else:
     st.success(f"Done: {len(result.computed)} setting(s) computed, {len(result.cached)} from the cache ({how}).")
 # Timing is on demand: it takes a while, and a sweep read from the cache should stay instant.
 timed = stored.get("timing")
-if timed is not None and timed["at"] != (int(batch), device):
-    timed = None  # timed at another batch size or device than the page now asks for
-if not stored["cancelled"] and st.button("Measure speed", key="ds_time",
-                                         help=f"Times every setting on a few batches of {int(batch)} of these "
-                                              "images (1 warm-up and 3 timed, every setting in turn)."):
+left, right = st.columns([1, 3])
+compile = ui.compile_choice(right, "ds_time", device)
+if timed is not None and timed["at"] != (int(batch), device, compile):
+    timed = None  # timed at another batch size or device, or compiled or not, than the page now asks for
+if not stored["cancelled"] and left.button("Measure speed", key="ds_time",
+                                           help=f"Times every setting on a few batches of {int(batch)} of these "
+                                                "images (1 warm-up and 3 timed, every setting in turn)."):
     # Queued like a sweep: it is as heavy, and timings taken beside another sweep mean little.
-    with ui.queued(), st.spinner(f"Timing {len(runs)} settings..."):
+    with ui.queued(), st.spinner(f"{'Compiling and timing' if compile else 'Timing'} {len(runs)} settings..."):
         try:
-            timed = {"at": (int(batch), device), "table": timing.time_dataset(loaded, dataset, runs, int(batch), device),
-                     "machine": str(timing.machine(device))}
+            timed = {"at": (int(batch), device, compile),
+                     "table": timing.time_dataset(loaded, dataset, runs, int(batch), device, compile=compile),
+                     "machine": str(timing.machine(device)) + (", the settings compiled" if compile else "")}
         except InputError as err:
             st.error(str(err))
     stored["timing"] = timed

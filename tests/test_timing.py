@@ -75,7 +75,7 @@ def test_repetitions_interleave_settings_and_warm_up_is_not_counted(monkeypatch,
         now[0] += 100.0 if warm else cost[cfg.method]  # warm-up runs are slow: they must not count
         return None if cfg.method == "full" else torch.full((x.shape[0],), cost[cfg.method])
 
-    monkeypatch.setattr(timing, "_run", fake_run)
+    monkeypatch.setattr(timing, "_runner", lambda net, cfg, compile: lambda x: fake_run(net, x, cfg))
     monkeypatch.setattr(timing, "_clock", lambda: now[0])
     x = torch.zeros(2, 3, 224, 224)
     measured = timing.time_settings(model.net, [x], [ATSConfig(), ATSConfig(method="topk")], warmup=2, repeats=5)
@@ -93,7 +93,7 @@ def test_repetitions_interleave_settings_and_warm_up_is_not_counted(monkeypatch,
 
 def test_a_single_setting_run_is_one_repetition(monkeypatch, model):
     calls = []
-    monkeypatch.setattr(timing, "_run", lambda net, x, cfg: calls.append(cfg.method))
+    monkeypatch.setattr(timing, "_runner", lambda net, cfg, compile: lambda x: calls.append(cfg.method))
     timing.time_settings(model.net, [torch.zeros(1, 3, 224, 224)], [ATSConfig(method="full")], warmup=0, repeats=3)
     assert calls == ["full"] * 3  # full asked for again is the reference, not a second setting
 
