@@ -8,11 +8,15 @@ the full model (timm's own forward) as the reference. Everything is timed by
 with their interquartile range. "quotient" is the speed-up divided by the GFLOPs ratio:
 1 means the time saved is all the GFLOPs promised.
 
-Run it alone on a quiet machine; it replaces its section of bench/README.md:
+Run it alone on a quiet machine; it replaces its section of bench/README.md (one per device,
+compiled or not, and precision):
 
     python bench/bench_speed.py                  # this machine's CPU
-    python bench/bench_speed.py --device cuda    # a GPU, unchanged
+    python bench/bench_speed.py --compile        # the settings through torch.compile (ats_viz.compiled)
+    python bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
     python bench/bench_speed.py --repeats 1 --warmup 0 --no-readme   # does it work? (numbers meaningless)
+
+bench/gpu.sh runs every GPU check and measurement in one command.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ README = Path(__file__).resolve().parent / "README.md"
 # Two points per method where it has two, spanning about the same GFLOPs for every method.
 LADDERS = {"ats": "all,0.5", "topk": "0.75,0.5", "tome": "8,13", "evit": "0.7,0.5", "pitome": "0.9125,0.9"}
 BATCHES = (1, 32)  # the record's; a GPU run adds a larger batch, where a GPU fills up
+MODELS = ("deit_s", "shipped")  # the record's; ViT-B on a GPU
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def sharpen(net: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
@@ -47,23 +53,30 @@ def sharpen(net: torch.nn.Module, factor: float = 4.0) -> torch.nn.Module:
     return net
 
 
-def markers(device: str) -> tuple[str, str]:
-    """Each device type fills its own section of bench/README.md."""
-    kind = torch.device(device).type
+def markers(device: str, compile: bool, dtype: str) -> tuple[str, str]:
+    """Each device type, compiled or not, and precision fills its own section of bench/README.md."""
+    kind = torch.device(device).type + (" compiled" if compile else "") + ("" if dtype == "fp32" else f" {dtype}")
     return f"<!-- bench_speed {kind}: start -->", f"<!-- bench_speed {kind}: end -->"
 
 
-def models(batches: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, torch.Tensor, str]]:
-    """(name, net, image pool, where the images come from)."""
+TIMM = {"deit_s": ("DeiT-S", "deit_small_patch16_224"), "vit_b": ("ViT-B/16", "vit_base_patch16_224")}
+
+
+def models(names: list[str], batches: tuple[int, ...]) -> list[tuple[str, torch.nn.Module, torch.Tensor, str]]:
+    """(name, net, image pool, where the images come from) of each of ``names`` (TIMM's keys, shipped)."""
     pool_size = 2 * max(batches)
-    torch.manual_seed(0)
-    deit = sharpen(timm.create_model("deit_small_patch16_224").eval())
-    shipped = load_model("embedded")
-    folder = heldout_folder()
-    return [("DeiT-S (random weights, sharpened)", deit, timing.random_images(pool_size, (224, 224)),
-             "random normalised tensors"),
-            ("shipped model (embedded)", shipped.net, timing.folder_images(folder, pool_size, shipped),
-             "the bundled held-out images")]
+    out = []
+    for name in names:
+        if name == "shipped":
+            shipped = load_model("embedded")
+            out.append(("shipped model (embedded)", shipped.net,
+                        timing.folder_images(heldout_folder(), pool_size, shipped), "the bundled held-out images"))
+            continue
+        label, arch = TIMM[name]
+        torch.manual_seed(0)
+        out.append((f"{label} (random weights, sharpened)", sharpen(timm.create_model(arch).eval()),
+                    timing.random_images(pool_size, (224, 224)), "random normalised tensors"))
+    return out
 
 
 def markdown(name: str, source: str, table) -> str:
@@ -77,8 +90,8 @@ def markdown(name: str, source: str, table) -> str:
     return "\n".join(lines)
 
 
-def replace_section(readme: Path, body: str, device: str) -> None:
-    START, END = markers(device)
+def replace_section(readme: Path, body: str, device: str, compile: bool, dtype: str) -> None:
+    START, END = markers(device, compile, dtype)
     text = readme.read_text()
     if START not in text or END not in text:
         sys.exit(f"{readme} has no {START} ... {END} section to fill")
@@ -93,25 +106,35 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch's CPU threads (default: torch's own choice)")
     parser.add_argument("--batch", default=",".join(map(str, BATCHES)), help="batch sizes, comma-separated")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join([*TIMM, 'shipped'])}")
+    parser.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                        help="the weights and inputs in this precision (bf16: the model cast, not autocast)")
+    parser.add_argument("--compile", action="store_true", help="the settings through torch.compile; the full "
+                                                               "model stays timm's eager forward")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = make_settings({m: parse_ladder(m, text) for m, text in LADDERS.items()})
     batches = tuple(timing.parse_batch_sizes(args.batch))
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
     where = timing.machine(args.device)
     flags = (f" --device {args.device}" if args.device != "cpu" else "") + \
-        (f" --batch {args.batch}" if batches != BATCHES else "")
+        (f" --batch {args.batch}" if batches != BATCHES else "") + \
+        (f" --models {args.models}" if names != list(MODELS) else "") + \
+        (f" --dtype {args.dtype}" if args.dtype != "fp32" else "") + (" --compile" if args.compile else "")
     parts = [f"`python bench/bench_speed.py{flags}`, "
              f"{datetime.date.today()}, {where}, torch {torch.__version__}; median of {args.repeats} timed runs "
              f"after {args.warmup} warm-up runs, every setting in turn."]
-    for name, net, pool, source in models(batches):
+    for name, net, pool, source in models(names, batches):
         print(f"{name} on {where}...", file=sys.stderr, flush=True)
-        table = timing.benchmark(net, pool, settings, batches, args.warmup, args.repeats, args.device)
+        dtype = DTYPES[args.dtype]
+        table = timing.benchmark(net.to(dtype), pool.to(dtype), settings, batches, args.warmup, args.repeats,
+                                 args.device, compile=args.compile)
         parts.append(markdown(name, source, table))
         print(parts[-1] + "\n", flush=True)
     if not args.no_readme:
-        replace_section(README, "\n\n".join(parts), args.device)
+        replace_section(README, "\n\n".join(parts), args.device, args.compile, args.dtype)
         print(f"wrote {README}")
 
 
