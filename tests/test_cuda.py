@@ -125,3 +125,22 @@ def test_a_forward_waits_on_the_gpu_only_where_ats_counts_its_tokens(nets, image
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert res.logits.is_cuda
+
+
+@pytest.mark.parametrize("config", [ATSConfig(k=0.5, method="topk"), ATSConfig(method="tome", r=13), ATSConfig(k=0.5)],
+                         ids=lambda c: c.label())
+def test_the_compiled_forward_on_cuda_gives_the_eager_answers(nets, images, config):
+    """Compiled (a CUDA graph for the fixed-rate methods): the same costs and, to float noise
+    (fused kernels reorder sums), the same logits; replayed twice, the second run's inputs."""
+    from ats_viz import compiled
+
+    _, gpu = nets
+    x = images.cuda()
+    run = compiled.forward(gpu, config)
+    first, _ = run(x)
+    logits, gflops = run(x.flip(0))  # a replay on other inputs must not return the first's
+    eager = run_ats(gpu, x.flip(0), config)
+    assert torch.allclose(logits, eager.logits, atol=1e-3)
+    assert not torch.allclose(first, logits)
+    if config.method != "ats":
+        assert torch.equal(gflops, eager.gflops.cpu())
