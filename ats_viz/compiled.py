@@ -32,6 +32,7 @@ from .methods import Where, get
 from .setting import ATSConfig
 from .vit import check_vit, run_logits
 
+_VERSIONS = 64  # compiled versions of one function ATS may need: a few per block
 Forward = Callable[[Tensor], tuple[Tensor, Tensor]]  # images -> (logits, each image's GFLOPs)
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(setting id, device type): Forward}
 
@@ -85,7 +86,10 @@ def _build(net: VisionTransformer, config: ATSConfig, device: torch.device) -> F
         both = torch.compile(lambda x: run_logits(net, x, config), dynamic=True)
 
         def run(images: Tensor) -> tuple[Tensor, Tensor]:
-            logits, counts = both(images)
+            # Past a read-back, each block's code is compiled for that block: more than dynamo's
+            # default of 8 versions per function, after which it would quietly run the rest eagerly.
+            with torch._dynamo.config.patch(recompile_limit=_VERSIONS, accumulated_recompile_limit=16 * _VERSIONS):
+                logits, counts = both(images)
             return logits, cost(counts, images)
         return run
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -137,39 +137,49 @@ def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Seq
     dev = check_device(device)
     if compile and (why := compiled.why_not(dev)) is not None:
         raise InputError(why)
-    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
-    n = len(settings)
-    total, done = (warmup + repeats) * n, 0
-    seconds: list[list[float]] = [[] for _ in settings]
-    gflops: list[list[Tensor]] = [[] for _ in settings]
     net = net_on_device(net, dev)
     batches = [x.to(dev) for x in inputs]
     runs = [_runner(net, cfg, compile) for cfg in settings]
-    with torch.inference_mode():
-        if compile:
+    if compile:
+        with torch.inference_mode():
             for run in runs:
                 run(batches[0])
-        for r in range(warmup + repeats):
-            x = batches[r % len(batches)]
-            timed = r >= warmup
-            for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
-                sync()
-                t0 = _clock()
-                per_image = runs[j](x)
-                sync()
-                t1 = _clock()
-                if timed:
-                    seconds[j].append(t1 - t0)
-                    if per_image is not None:
-                        gflops[j].append(per_image.double().cpu())
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+    seconds, outputs = time_runs(runs, batches, warmup, repeats, dev, progress)
+    gflops = [[o.double().cpu() for o in out if o is not None] for out in outputs]
     h, w = inputs[0].shape[-2:]
     full = full_gflops(net, patches + net.num_prefix_tokens, h, w)
     batch = sizes.pop()
     return [Measured(cfg, batch, s, float(torch.cat(g).mean()) if g else full)
             for cfg, s, g in zip(settings, seconds, gflops)]
+
+
+def time_runs(runs: Sequence[Callable[[Tensor], Any]], batches: Sequence[Tensor], warmup: int, repeats: int,
+              device: torch.device, progress: Callable[[int, int], None] | None = None
+              ) -> tuple[list[list[float]], list[list[Any]]]:
+    """The module's rules applied to any callables on batches already on ``device``: each
+    repetition (warm-up first) runs every callable in turn on the next batch, the order rotating.
+    Returns, per callable, the seconds of its timed runs and what those runs returned."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    n = len(runs)
+    total, done = (warmup + repeats) * n, 0
+    seconds: list[list[float]] = [[] for _ in runs]
+    outputs: list[list[Any]] = [[] for _ in runs]
+    with torch.inference_mode():
+        for r in range(warmup + repeats):
+            x = batches[r % len(batches)]
+            for j in [(r + i) % n for i in range(n)]:  # rotated: see the module's docstring
+                sync()
+                t0 = _clock()
+                out = runs[j](x)
+                sync()
+                t1 = _clock()
+                if r >= warmup:
+                    seconds[j].append(t1 - t0)
+                    outputs[j].append(out)
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+    return seconds, outputs
 
 
 def with_reference(configs: Sequence[ATSConfig]) -> list[ATSConfig]:
