@@ -94,9 +94,11 @@ def _build(net: VisionTransformer, config: ATSConfig, device: torch.device) -> F
         return run
 
     # Fixed rates: the graph returns the logits alone (the counts are known without it), so on
-    # CUDA it holds no host tensor and is captured whole as a CUDA graph.
+    # CUDA it holds no host tensor and is captured whole as a CUDA graph. Static shapes, one
+    # compile per batch size: dynamo's automatic dynamic shapes, on the second size, spent over
+    # 20 minutes simplifying ToMe's symbolic shapes on this project's 2-core CPU.
     mode = "reduce-overhead" if device.type == "cuda" else None
-    logits_only = torch.compile(lambda x: run_logits(net, x, config)[0], mode=mode)
+    logits_only = torch.compile(lambda x: run_logits(net, x, config)[0], mode=mode, dynamic=False)
     counts = torch.tensor([fixed_counts(config, depth, patches, npre)])
 
     def run(images: Tensor) -> tuple[Tensor, Tensor]:

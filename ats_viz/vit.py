@@ -334,9 +334,11 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     where = reducer.where if value is not None else Where.NOWHERE
     prev = state.stages[-1] if state.stages else None
     if where is not Where.NOWHERE:
+        # One image on the CPU: ATS samples in NumPy, cheaper there than torch's dispatch, but
+        # opaque to torch.compile, so a compiled forward takes the batched path.
+        single = x.shape[0] == 1 and mask is None and x.device.type == "cpu" and not torch.compiler.is_compiling()
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
-                         state.num_patches, single=x.shape[0] == 1 and mask is None and x.device.type == "cpu"
-                         and not torch.compiler.is_compiling())
+                         state.num_patches, single)
     n_kept = None
 
     if where is Where.QUERIES:
@@ -344,8 +346,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
             sel = reducer.select(inp, value, config)
         state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
         count = reducer.tokens_out(state.valid.shape[1], value, config)  # None: the images decide
-        rows = sel.index if sel.index is not None or not inp.single or count is not None else sel.kept[0].nonzero()[:, 0]
-        q, x, n_kept = _keep_rows(state, q, x, sel.kept, rows, count, npre)
+        q, x, n_kept = _keep_rows(state, q, x, sel.kept, sel.index, count, npre)
 
     size = state.size if reducer.proportional else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),
