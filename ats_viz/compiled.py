@@ -32,9 +32,15 @@ from .methods import Where, get
 from .setting import ATSConfig
 from .vit import check_vit, run_logits
 
-_VERSIONS = 64  # compiled versions of one function ATS may need: a few per block
 Forward = Callable[[Tensor], tuple[Tensor, Tensor]]  # images -> (logits, each image's GFLOPs)
 _COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(setting id, device type): Forward}
+
+
+def _versions():
+    """Room for every compiled version of the engine's functions. Dynamo keeps them per
+    function, and every setting, model and batch size is a version of the same ones (and past
+    an ATS read-back, of each block's); at its default of 8 it quietly runs the rest eagerly."""
+    return torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096)
 
 
 def why_not(device: torch.device | str) -> str | None:
@@ -86,9 +92,7 @@ def _build(net: VisionTransformer, config: ATSConfig, device: torch.device) -> F
         both = torch.compile(lambda x: run_logits(net, x, config), dynamic=True)
 
         def run(images: Tensor) -> tuple[Tensor, Tensor]:
-            # Past a read-back, each block's code is compiled for that block: more than dynamo's
-            # default of 8 versions per function, after which it would quietly run the rest eagerly.
-            with torch._dynamo.config.patch(recompile_limit=_VERSIONS, accumulated_recompile_limit=16 * _VERSIONS):
+            with _versions():
                 logits, counts = both(images)
             return logits, cost(counts, images)
         return run
@@ -103,6 +107,7 @@ def _build(net: VisionTransformer, config: ATSConfig, device: torch.device) -> F
 
     def run(images: Tensor) -> tuple[Tensor, Tensor]:
         # A CUDA graph's outputs live in memory that its next replay overwrites: keep a copy.
-        logits = logits_only(images).clone()
+        with _versions():
+            logits = logits_only(images).clone()
         return logits, cost(counts.expand(images.shape[0], -1), images)
     return run
