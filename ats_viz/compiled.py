@@ -27,13 +27,12 @@ from torch import Tensor
 
 from .cost import fixed_counts
 from .errors import InputError
-from .flops import gflops
-from .methods import Where, get
+from .methods import get
 from .setting import ATSConfig
-from .vit import check_vit, run_logits
+from .vit import check_vit, costs, run_logits
 
 Forward = Callable[[Tensor], tuple[Tensor, Tensor]]  # images -> (logits, each image's GFLOPs)
-_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {(setting id, device type): Forward}
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # net -> {setting id: Forward}
 
 
 def _versions():
@@ -74,19 +73,17 @@ def forward(net: VisionTransformer, config: ATSConfig) -> Forward:
     if why is not None:
         raise InputError(why)
     per_net = _COMPILED.setdefault(net, {})
-    key = (config.id, device.type)
-    if key not in per_net:
-        per_net[key] = _build(net, config, device)
-    return per_net[key]
+    if config.id not in per_net:  # a model copy lives on one device
+        per_net[config.id] = _build(net, config, device)
+    return per_net[config.id]
 
 
 def _build(net: VisionTransformer, config: ATSConfig, device: torch.device) -> Forward:
     reducer = get(config.method)
-    after = reducer.where is Where.TOKENS
     depth, patches, npre = len(net.blocks), net.patch_embed.num_patches, net.num_prefix_tokens
 
     def cost(counts: Tensor, images: Tensor) -> Tensor:
-        return gflops(net, counts, *images.shape[-2:], after_attention=after)
+        return costs(net, counts, tuple(images.shape[-2:]), config)
 
     if reducer.adaptive:
         both = torch.compile(lambda x: run_logits(net, x, config), dynamic=True)

@@ -395,13 +395,18 @@ def _head(net: VisionTransformer, state: TokenState) -> Tensor:
     return net.forward_head(x)
 
 
+def costs(net: VisionTransformer, counts: Tensor, image_hw: tuple[int, int], config: ATSConfig) -> Tensor:
+    """Each image's GFLOPs from its token counts (B x (depth + 1)) under ``config``."""
+    return gflops(net, counts, *image_hw, after_attention=get(config.method).where is Where.TOKENS)
+
+
 def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSResult:
     """Logits, costs and traces."""
     counts = torch.stack(state.counts, dim=1)
     h, w_ = state.image_hw
     return ATSResult(
         logits=_head(net, state),
-        gflops=gflops(net, counts, h, w_, after_attention=get(config.method).where is Where.TOKENS),
+        gflops=costs(net, counts, (h, w_), config),
         full_gflops=full_gflops(net, int(counts[0, 0]), h, w_),
         token_counts=counts,
         num_prefix=net.num_prefix_tokens,
