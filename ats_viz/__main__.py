@@ -26,7 +26,9 @@ PLAIN_NOTE = ("Trained plainly on scenes of 1 to 8 shapes, each labelled by the 
               "(ats_viz.synthetic); ATS is plugged in afterwards (no training with ATS). Why scenes: with one "
               "textured shape per image (the previous task) the evidence sat in a few patches, so a handful of "
               "tokens sufficed and every budget looked free; here it lies in several places and its amount "
-              "varies from scene to scene, as a photo's does under a pretrained ViT.")
+              "varies from scene to scene, as a photo's does under a pretrained ViT. The objects cover 20-50% "
+              "of the image for one object, more for a busy scene (a photo's subject fills much of it): with "
+              "smaller ones the class token read a handful of patches.")
 TUNED_NOTE = "The plain model fine-tuned with ATS active at blocks 3-11 (K = all patches)."
 _COMPILE_HELP = ("time the settings through torch.compile (each compiles first, seconds to minutes); the full "
                  "model stays timm's eager forward. Needs a C++ compiler on the CPU, Triton on a GPU")
@@ -49,7 +51,8 @@ def _train(args: argparse.Namespace) -> None:
             if (out / f"{stem}.json").is_file():
                 log(f"{stem}: {rescore(out, stem, args.eval_per_class)}")
         return
-    plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed)
+    plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
+                   drop_path=args.drop_path)
     net = build(spec)
     if args.resume:
         load_weights(net, Path(args.resume))
@@ -343,11 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="the folder for weights and cards (default: the package's own, which "
                    "load_model('embedded') reads)")
     p.add_argument("--name", default="scenes-vit")
-    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--steps", type=int, default=2500)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth of the last block while "
+                   "training plainly (DeiT's 0.1; 0: none)")
     p.add_argument("--width", type=int, default=96)
     p.add_argument("--depth", type=int, default=12)
     p.add_argument("--heads", type=int, default=3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -49,6 +51,7 @@ class Recipe:
     seed: int = 0
     ats: bool = False  # fine-tune with ATS active
     curriculum: float = 0.4  # fraction of steps over which clutter and crowded scenes ramp in
+    drop_path: float = 0.0  # stochastic depth of the last block (DeiT's 0.1), rising linearly from 0 at the first
 
 
 class _Batches(torch.utils.data.IterableDataset):
@@ -67,6 +70,23 @@ class _Batches(torch.utils.data.IterableDataset):
             items = [synthetic.sample((r.seed, step, j, 0), clutter=clutter, max_objects=most)
                      for j in range(r.batch)]
             yield to_tensor(np.stack([i for i, _ in items])), torch.tensor([l for _, l in items])
+
+
+@contextmanager
+def _stochastic_depth(net: VisionTransformer, rate: float) -> Iterator[None]:
+    """Drop each block's residual branches at random while training, block i at rate * i / (depth - 1)
+    as timm and DeiT do; the blocks get their own branches back after (in eval mode a no-op anyway)."""
+    saved = [(blk.drop_path1, blk.drop_path2) for blk in net.blocks]
+    depth = len(net.blocks)
+    for i, blk in enumerate(net.blocks):
+        p = rate * i / max(1, depth - 1)
+        if p > 0:
+            blk.drop_path1, blk.drop_path2 = DropPath(p), DropPath(p)
+    try:
+        yield
+    finally:
+        for blk, (one, two) in zip(net.blocks, saved):
+            blk.drop_path1, blk.drop_path2 = one, two
 
 
 @torch.enable_grad()  # a caller's no_grad must not silently train nothing
@@ -92,26 +112,27 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
     config = ATSConfig() if recipe.ats else FULL
     net.train()
     t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-    for step, (x, y) in enumerate(loader):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        logits = run_ats(net, x, config).logits if recipe.ats else net(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        seen += len(y)
-        correct += int((logits.argmax(1) == y).sum())
-        loss_sum += float(loss.detach()) * len(y)
-        if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
-            el = time.time() - t0
-            log(f"step {step + 1}/{recipe.steps}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.3f}  "
-                f"lr {lr_at(step):.2e}  {(step + 1) * recipe.batch / el:.1f} img/s  {el / 60:.1f} min")
-            seen, correct, loss_sum = 0, 0, 0.0
-        if stop_after_s is not None and time.time() - t0 > stop_after_s:
-            log(f"stopping at step {step + 1}: time limit")
-            break
+    with _stochastic_depth(net, recipe.drop_path):
+        for step, (x, y) in enumerate(loader):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            logits = run_ats(net, x, config).logits if recipe.ats else net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            seen += len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+            if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
+                el = time.time() - t0
+                log(f"step {step + 1}/{recipe.steps}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.3f}  "
+                    f"lr {lr_at(step):.2e}  {(step + 1) * recipe.batch / el:.1f} img/s  {el / 60:.1f} min")
+                seen, correct, loss_sum = 0, 0, 0.0
+            if stop_after_s is not None and time.time() - t0 > stop_after_s:
+                log(f"stopping at step {step + 1}: time limit")
+                break
     net.eval()
     return step + 1
 
@@ -214,7 +235,9 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
         + (f", stopped by the time limit before the planned {recipe['steps']}"
            if recipe["steps_done"] < recipe["steps"] else "")
         + f", {recipe['minutes']:.1f} minutes with {recipe['threads']} CPU threads"
-        + f"; AdamW lr {recipe['lr']:g}, warmup and cosine decay, seed {recipe['seed']}"
+        + f"; AdamW lr {recipe['lr']:g}, warmup and cosine decay"
+        + (f", stochastic depth {recipe['drop_path']:g}" if recipe.get("drop_path") else "")
+        + f", seed {recipe['seed']}"
         + f"{', ATS active' if recipe['ats'] else ''}).",
         f"- Held-out set ({metrics['images']:,} images, seed {metrics['seed']}, never trained on; "
         "95% Wilson intervals):",

@@ -60,7 +60,7 @@ def test_a_cached_heldout_set_drawn_another_way_is_never_read(tmp_path, monkeypa
 
 
 def test_a_scenes_label_is_the_kind_it_shows_most_often_and_its_objects_stand_apart():
-    sizes = {}
+    sizes, covered = {}, {}
     for i in range(300):
         img, scene = synthetic.draw((77, i))
         kinds = [o.label for o in scene.objects]
@@ -72,10 +72,15 @@ def test_a_scenes_label_is_the_kind_it_shows_most_often_and_its_objects_stand_ap
             assert o.radius <= o.center[0] <= 224 - o.radius and o.radius <= o.center[1] <= 224 - o.radius
             for b in scene.objects[a + 1:]:
                 assert np.hypot(o.center[0] - b.center[0], o.center[1] - b.center[1]) >= o.radius + b.radius
-        sizes.setdefault(n, []).append(np.mean([o.radius for o in scene.objects]))
+        radii = [o.radius for o in scene.objects]
+        assert max(radii) <= min(radii) * 1.15 / 0.85 + 1e-9  # one size per scene, each within 15% of it
+        sizes.setdefault(n, []).append(np.mean(radii))
+        covered.setdefault(n, []).append(sum(np.pi * r * r for r in radii) / 224 ** 2)
     assert set(sizes) == set(range(1, synthetic.MAX_OBJECTS + 1))  # every count occurs
-    # a busy scene's objects are smaller, to fit: drawn up to 26.5 px against 72 px for one object
-    assert np.mean(sizes[8]) < 0.75 * np.mean(sizes[1])
+    # a busy scene's objects are smaller, to fit (33-41 px before any shrinking, against 56-89 px
+    # for one object), yet together they cover more of the image: more evidence, in more places
+    assert np.mean(sizes[8]) < 0.6 * np.mean(sizes[1])
+    assert np.mean(covered[8]) > np.mean(covered[1]) + 0.1 and min(covered[1]) >= 0.2 - 1e-9
     # a label and a count can be asked for; the label is then the majority of that many objects
     img, scene = synthetic.draw((5, 5), label=3, objects=6)
     assert scene.label == 3 and len(scene.objects) == 6
@@ -161,3 +166,18 @@ def test_training_with_ats_active_trains_the_reduced_model():
     # Adam's first step is lr * sign(gradient): where the two gradients differ in sign the weights
     # are 2 lr apart, so the flag is obeyed when some weight differs by more than lr.
     assert max(float((ats_w[k] - plain_w[k]).abs().max()) for k in ats_w) > recipe.lr
+
+
+def test_stochastic_depth_acts_while_training_and_leaves_the_model_as_built():
+    """``Recipe.drop_path`` drops residual branches at random while training (the same seed then
+    trains other weights than without it) and gives every block its own branches back after, so
+    the trained model is the plain timm model that loading rebuilds."""
+    torch.manual_seed(0)
+    net = build(shapes_spec(width=32, depth=4, heads=2))
+    plain = copy.deepcopy(net)
+    recipe = Recipe(steps=2, batch=8, warmup=1, seed=0, drop_path=0.5)
+    train(net, recipe, log=lambda s: None)
+    train(plain, replace(recipe, drop_path=0.0), log=lambda s: None)
+    assert all(type(b.drop_path1) is type(b.drop_path2) is torch.nn.Identity for b in net.blocks)
+    trained, without = net.state_dict(), plain.state_dict()
+    assert any(not torch.equal(trained[k], without[k]) for k in trained)
