@@ -78,9 +78,10 @@ def test_a_scenes_label_is_the_kind_it_shows_most_often_and_its_objects_stand_ap
         covered.setdefault(n, []).append(sum(np.pi * r * r for r in radii) / 224 ** 2)
     assert set(sizes) == set(range(1, synthetic.MAX_OBJECTS + 1))  # every count occurs
     # a busy scene's objects are smaller, to fit (33-41 px before any shrinking, against 56-89 px
-    # for one object), yet together they cover more of the image: more evidence, in more places
+    # for one object), yet together they cover more of the image: more evidence, in more places;
+    # and a single object covers about a third of it (the earlier scenes' objects a tenth)
     assert np.mean(sizes[8]) < 0.6 * np.mean(sizes[1])
-    assert np.mean(covered[8]) > np.mean(covered[1]) + 0.1 and min(covered[1]) >= 0.2 - 1e-9
+    assert np.mean(covered[8]) > np.mean(covered[1]) > 0.25
     # a label and a count can be asked for; the label is then the majority of that many objects
     img, scene = synthetic.draw((5, 5), label=3, objects=6)
     assert scene.label == 3 and len(scene.objects) == 6
