@@ -36,6 +36,7 @@ MIN_RADIUS = 16.0  # the smallest object still shows its texture in whole patche
 # each further object adding COVERAGE_STEP, as far as they can be placed apart
 COVERAGE = (0.2, 0.5)
 COVERAGE_STEP = 0.05
+MAX_RADIUS = 0.42  # of the image's side: the largest single object still fits inside it
 _SS = 2  # shapes are drawn at twice the size and shrunk, for smooth edges
 
 
@@ -173,7 +174,7 @@ def random_scene(rng: np.random.Generator, label: int | None = None, objects: in
     # As a photo's subject does, the objects cover much of the image: with a few small ones (10%
     # of it on average) a small ViT's class token read a handful of patches and ATS dropped 60%
     share = rng.uniform(*COVERAGE) + COVERAGE_STEP * (n - 1)
-    base = min(0.42 * size, max(MIN_RADIUS, size * math.sqrt(share / (n * math.pi))))
+    base = min(MAX_RADIUS * size, max(MIN_RADIUS, size * math.sqrt(share / (n * math.pi))))
     scales = rng.uniform(0.85, 1.15, n)
     while True:  # a scene too crowded to place shrinks all its objects together, so they keep one size
         placed = _place(rng, kinds, base * scales, size)
