@@ -109,19 +109,24 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join([*TIMM, 'shipped'])}")
     parser.add_argument("--dtype", default="fp32", choices=list(DTYPES),
                         help="the weights and inputs in this precision (bf16: the model cast, not autocast)")
+    parser.add_argument("--methods", default=",".join(LADDERS), help=f"comma-separated, of {', '.join(LADDERS)}")
     parser.add_argument("--compile", action="store_true", help="the settings through torch.compile; the full "
                                                                "model stays timm's eager forward")
     parser.add_argument("--no-readme", action="store_true", help="print only; leave bench/README.md alone")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = make_settings({m: parse_ladder(m, text) for m, text in LADDERS.items()})
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if unknown := set(methods) - set(LADDERS):
+        sys.exit(f"--methods: {', '.join(sorted(unknown))} is not one of {', '.join(LADDERS)}")
+    settings = make_settings({m: parse_ladder(m, LADDERS[m]) for m in methods})
     batches = tuple(timing.parse_batch_sizes(args.batch))
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     where = timing.machine(args.device)
     flags = (f" --device {args.device}" if args.device != "cpu" else "") + \
         (f" --batch {args.batch}" if batches != BATCHES else "") + \
         (f" --models {args.models}" if names != list(MODELS) else "") + \
+        (f" --methods {args.methods}" if methods != list(LADDERS) else "") + \
         (f" --dtype {args.dtype}" if args.dtype != "fp32" else "") + (" --compile" if args.compile else "")
     parts = [f"`python bench/bench_speed.py{flags}`, "
              f"{datetime.date.today()}, {where}, torch {torch.__version__}; median of {args.repeats} timed runs "

@@ -1,19 +1,42 @@
 #!/usr/bin/env bash
 # Issue 22's GPU checks and measurements in one command, on a machine with CUDA, most important first
-# (a lent GPU may be taken back before the end): the CUDA tests, then bench_speed eager in fp32 and bf16
-# on DeiT-S, ViT-B and the shipped model at batch 1, 32 and 256, then compiled on DeiT-S at 1 and 32.
-# Each bench_speed run fills its own section of bench/README.md; with $OUT set (the device machine's
-# output folder) the README and a log are copied there after every step.
+# (a lent GPU is lent for minutes): the CUDA tests; bench_speed eager in fp32 on DeiT-S, ViT-B and the
+# shipped model at batch 1, 32 and 256, with the authors' ToMe and EViT timed beside ours; the same
+# in bf16; then compiled on DeiT-S at batch 1 and 32, with whatever time is left (each bench_speed
+# --compile run fills the README's section anew: the log holds every table).
+# Each step is cut off at its share of DEADLINE seconds (default 540), so that one slow step cannot
+# take the rest's time; a step that fails leaves the others to run. Each bench_speed run fills its own
+# section of bench/README.md; bench_releases prints a table to paste. With $OUT set (the device
+# machine's output folder) the README and the log are copied there after every step.
 #
-#   bash bench/gpu.sh
+#   bash bench/gpu.sh                       # RELEASES=dir: a folder holding ToMe/ and evit/ checkouts
 set -uo pipefail
 cd "$(dirname "$0")/.."
-log() { echo "== $(date +%T) $*" | tee -a "${OUT:-/tmp}/gpu.log"; }
+PY=${PYTHON:-python3}
+LOG="${OUT:-/tmp}/gpu.log"
+END=$((SECONDS + ${DEADLINE:-540}))
+export PYTHONUNBUFFERED=1
+log() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 save() { [ -n "${OUT:-}" ] && cp bench/README.md "$OUT/README.md"; true; }
-step() { log "$*"; "$@" 2>&1 | tee -a "${OUT:-/tmp}/gpu.log" | tail -40; save; }
+step() {  # step CAP_SECONDS command...: runs it for at most CAP seconds, and never past the deadline
+  local cap=$1; shift
+  local left=$((END - SECONDS)); ((left < cap)) && cap=$left
+  if ((cap < 20)); then log "skipped (no time left): $*"; return; fi
+  log "($cap s at most) $*"
+  timeout "$cap" "$@" 2>&1 | tee -a "$LOG" | tail -40
+  log "exit ${PIPESTATUS[0]}"
+  save
+}
 
-step python -m pytest -q -x tests/test_cuda.py
-step python bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b,shipped
-step python bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
-step python bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile
+log "$($PY -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, torch.cuda.get_device_name())')"
+step 120 $PY -m pytest -q -x tests/test_cuda.py
+step 150 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b,shipped
+[ -n "${RELEASES:-}" ] && step 60 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
+  --device cuda --batch 1,32,256 --models deit_s,vit_b
+step 100 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
+[ -n "${RELEASES:-}" ] && step 45 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
+  --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
+for methods in ats tome,evit topk,pitome; do  # one table each, so that a cut-off run leaves the ones before it
+  step 600 $PY bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile --methods $methods
+done
 log done
