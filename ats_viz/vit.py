@@ -15,6 +15,7 @@ reduced model's logits.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import InputError
 from .flops import full_gflops, gflops
@@ -312,13 +314,13 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Ten
         width = int(n_kept.max())
         padded = bool((n_kept < width).any())
         state.rows = _real_rows(on_device, npre, width, int(n_kept.sum()) + b * npre) if padded else None
+        # From the device's own counts: copying the host's back would wait on the GPU a second time.
+        state.valid = torch.arange(width, device=x.device) < on_device[:, None]
     order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
     rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
     # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
     batch = torch.arange(b, device=x.device)[:, None]
     state.pos = state.pos[batch, order]
-    if count is None:
-        state.valid = torch.arange(width, device=x.device) < n_kept.to(x.device)[:, None]
     return q[batch, :, rows].transpose(1, 2), x[batch, rows], n_kept
 
 
@@ -369,12 +371,26 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     state.counts.append(state.counts[-1] if n_kept is None else n_kept + npre)
 
 
+# cuDNN's fused attention (PyTorch's choice for half precision on recent NVIDIA GPUs) builds an
+# execution plan for every new shape, tens of milliseconds each. Where the shapes follow the
+# images (ATS), nearly every stage of every batch is a new shape: on an H200 in bf16, ATS ran 100
+# times slower than the full model, and only there. Such forwards take the other fused kernels.
+_SHAPE_FREE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def _attention_kernels(device: torch.device, plan: dict, config: ATSConfig):
+    reducer = get(config.method)
+    varying = any(reducer.tokens_out(1, value, config) is None for value in plan.values())
+    return sdpa_kernel(_SHAPE_FREE_ATTENTION) if varying and device.type == "cuda" else contextlib.nullcontext()
+
+
 def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, stop: int | None = None) -> TokenState:
     """Run blocks from ``state.next_block`` up to ``stop`` (default: all), reducing per ``config``."""
     plan = resolve(config, len(net.blocks), state.num_patches)
     stop = len(net.blocks) if stop is None else stop
-    for i in range(state.next_block, stop):
-        _block(net, i, state, config, plan.get(i))
+    with _attention_kernels(state.x.device, plan, config):
+        for i in range(state.next_block, stop):
+            _block(net, i, state, config, plan.get(i))
     state.next_block = stop
     return state
 

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 LOG="${OUT:-/tmp}/gpu.log"
 END=$((SECONDS + ${DEADLINE:-540}))
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the bench scripts import ats_viz from here
 log() { echo "== $(date +%T) $*" | tee -a "$LOG"; }
 save() { [ -n "${OUT:-}" ] && cp bench/README.md "$OUT/README.md"; true; }
 step() {  # step CAP_SECONDS command...: runs it for at most CAP seconds, and never past the deadline
@@ -29,7 +29,7 @@ step() {  # step CAP_SECONDS command...: runs it for at most CAP seconds, and ne
 }
 
 log "$($PY -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, torch.cuda.get_device_name())')"
-step 120 $PY -m pytest -q -x tests/test_cuda.py
+step 120 $PY -m pytest -q tests/test_cuda.py
 step 150 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b,shipped
 [ -n "${RELEASES:-}" ] && step 60 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b

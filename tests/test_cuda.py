@@ -1,5 +1,6 @@
 """The engine on a GPU gives what it gives on the CPU (skipped where there is no CUDA)."""
 
+import copy
 import dataclasses
 
 import pytest
@@ -125,6 +126,30 @@ def test_a_forward_waits_on_the_gpu_only_where_ats_counts_its_tokens(nets, image
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert res.logits.is_cuda
+
+
+def test_ats_in_half_precision_never_takes_cudnn_attention(nets, images):
+    """cuDNN's fused attention builds a plan per new shape (tens of milliseconds), and ATS's
+    shapes follow the images: in bf16 it ran 100 times slower than the full model where it did.
+    Every attention of an ATS forward must be one of the kernels that take any shape."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Attention(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.kernels = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "scaled_dot_product" in func.name():
+                self.kernels.add(func.name())
+            return func(*args, **(kwargs or {}))
+
+    _, gpu = nets
+    half = copy.deepcopy(gpu).to(torch.bfloat16)
+    with Attention() as seen:
+        res = run_ats(half, images.cuda().to(torch.bfloat16), ATSConfig(k=0.5))
+    assert seen.kernels and not any("cudnn" in k for k in seen.kernels), seen.kernels
+    assert torch.isfinite(res.logits).all()
 
 
 @pytest.mark.parametrize("config", [ATSConfig(k=0.5, method="topk"), ATSConfig(method="tome", r=13), ATSConfig(k=0.5)],
