@@ -74,7 +74,7 @@ def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConf
     """Run one batch under every setting, sharing the blocks before the first pruning stage."""
     depth, patches = len(net.blocks), net.patch_embed.num_patches
     first = min((min(p) for p in (resolve(c, depth, patches) for c in settings) if p), default=depth)
-    shared = run_blocks(net, embed(net, images), FULL, stop=first)
+    shared = run_blocks(net, embed(net, images, traced=False), FULL, stop=first)
     return [finish(net, run_blocks(net, fork(shared), cfg), cfg) for cfg in settings]
 
 

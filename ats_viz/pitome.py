@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .merge import Reduced
+from .merge import Reduced, unreduced
 
 # The authors' defaults for timm ViTs (DeiT): margin 0.75 - 0.75 * block / depth, ELU's
 # alpha 1, the energy-ranked BSM variant in the first ceil(depth / 2) blocks and PiToMe
@@ -81,7 +81,7 @@ def energy_scores(metric: Tensor, margin: float, alpha: float = ALPHA) -> tuple[
 
 
 def pitome_merge(x: Tensor, metric: Tensor, size: Tensor | None, r: int, num_prefix: int,
-                 margin: float, alpha: float = ALPHA, bsm: bool = False) -> Reduced:
+                 margin: float, alpha: float = ALPHA, bsm: bool = False, trace: bool = True) -> Reduced:
     """PiToMe's merge of r patch tokens (see the module docstring for the rule).
 
     x: B x N x D tokens, prefix first; metric: B x N x C, the block's keys averaged over
@@ -103,8 +103,7 @@ def pitome_merge(x: Tensor, metric: Tensor, size: Tensor | None, r: int, num_pre
     with torch.no_grad():
         energy, sim = energy_scores(metric[:, num_prefix:], margin, alpha)
     if r == 0:
-        ident = torch.arange(p, device=x.device).expand(b, p)
-        return Reduced(x, size, ident, energy, torch.ones(b, p, dtype=torch.bool, device=x.device))
+        return unreduced(x, size, energy, num_prefix, trace)
 
     with torch.no_grad():
         rank = torch.argsort(energy, dim=-1, descending=True, stable=True)  # B x P
@@ -136,9 +135,12 @@ def pitome_merge(x: Tensor, metric: Tensor, size: Tensor | None, r: int, num_pre
         return torch.cat([unm, dst], dim=1)
 
     sp = size[:, num_prefix:]
-    new_size = merge(sp)
-    out_x = torch.cat([x[:, :num_prefix], merge(x[:, num_prefix:] * sp) / new_size], dim=1)
+    merged = merge(torch.cat([x[:, num_prefix:] * sp, sp], dim=-1))  # tokens and sizes as one: half the operations
+    new_size = merged[..., d:]
+    out_x = torch.cat([x[:, :num_prefix], merged[..., :d] / new_size], dim=1)
     new_size = torch.cat([size[:, :num_prefix], new_size], dim=1)
+    if not trace:
+        return Reduced(out_x, new_size, None, None, None)
 
     with torch.no_grad():
         n_unm = unm_idx.shape[1]

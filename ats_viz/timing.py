@@ -103,7 +103,7 @@ def _runner(net: VisionTransformer, config: ATSConfig, compile: bool) -> Callabl
     if compile:
         run = compiled.forward(net, config)
         return lambda x: run(x)[1]
-    return lambda x: run_ats(net, x, config).gflops
+    return lambda x: run_ats(net, x, config, traces=False).gflops
 
 
 def time_settings(net: VisionTransformer, inputs: Sequence[Tensor], configs: Sequence[ATSConfig],

@@ -224,14 +224,16 @@ class TokenState:
     # B x (prefix + P), of the real tokens (prefix included), each image's in order. None: no
     # padding. Known on the host, so no block has to ask the device whether ``valid`` is all true.
     rows: Tensor | None = None
+    traced: bool = True  # False: no stage traces (timing, sweeps, a patched model), and no work for them
 
     @property
     def padded(self) -> bool:
         return self.rows is not None
 
 
-def embed(net: VisionTransformer, images: Tensor) -> TokenState:
-    """Patch embedding, position embedding and prefix tokens, as timm does them."""
+def embed(net: VisionTransformer, images: Tensor, traced: bool = True) -> TokenState:
+    """Patch embedding, position embedding and prefix tokens, as timm does them; ``traced``:
+    whether the stages keep their traces (the overlays' and figures' material)."""
     check_vit(net)
     x = net.patch_embed(images)
     grid = tuple(x.shape[1:3]) if x.ndim == 4 else tuple(net.patch_embed.grid_size)
@@ -241,7 +243,7 @@ def embed(net: VisionTransformer, images: Tensor) -> TokenState:
     pos = torch.arange(p, device=x.device).expand(b, p)
     valid = torch.ones(b, p, dtype=torch.bool, device=x.device)
     counts = [torch.full((b,), n, dtype=torch.long)]
-    return TokenState(x, pos, valid, None, counts, [], 0, p, grid, tuple(images.shape[-2:]))
+    return TokenState(x, pos, valid, None, counts, [], 0, p, grid, tuple(images.shape[-2:]), traced=traced)
 
 
 def _on_rows(f, rows: Tensor | None, *xs: Tensor) -> Tensor:
@@ -340,13 +342,14 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         # opaque to torch.compile, so a compiled forward takes the batched path.
         single = x.shape[0] == 1 and mask is None and x.device.type == "cpu" and not torch.compiler.is_compiling()
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
-                         state.num_patches, single)
+                         state.num_patches, single, state.traced)
     n_kept = None
 
     if where is Where.QUERIES:
         with torch.no_grad():
             sel = reducer.select(inp, value, config)
-        state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
+        if state.traced:
+            state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
         count = reducer.tokens_out(state.valid.shape[1], value, config)  # None: the images decide
         q, x, n_kept = _keep_rows(state, q, x, sel.kept, sel.index, count, npre)
 
@@ -358,8 +361,9 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
 
     if where is Where.TOKENS:
         red = reducer.reduce(inp, x, value, config)
-        state.stages.append(StageTrace(index, value, state.valid, red.scores, red.kept, red.dest,
-                                       state.num_patches, prev))
+        if state.traced:
+            state.stages.append(StageTrace(index, value, state.valid, red.scores, red.kept, red.dest,
+                                           state.num_patches, prev))
         x, state.size = red.x, red.size
         b, p = x.shape[0], x.shape[1] - npre
         state.valid = state.valid.new_ones(b, p)
@@ -398,7 +402,7 @@ def run_blocks(net: VisionTransformer, state: TokenState, config: ATSConfig, sto
 def fork(state: TokenState) -> TokenState:
     """A copy to branch from: later blocks change the copy, never the original."""
     return TokenState(state.x, state.pos, state.valid, state.size, list(state.counts), list(state.stages),
-                      state.next_block, state.num_patches, state.grid, state.image_hw, state.rows)
+                      state.next_block, state.num_patches, state.grid, state.image_hw, state.rows, state.traced)
 
 
 def _head(net: VisionTransformer, state: TokenState) -> Tensor:
@@ -432,17 +436,18 @@ def finish(net: VisionTransformer, state: TokenState, config: ATSConfig) -> ATSR
     )
 
 
-def run_ats(net: VisionTransformer, images: Tensor, config: ATSConfig | None = None) -> ATSResult:
-    """Run a batch (B x 3 x H x W, normalised) under ``config`` (default: the patched one)."""
+def run_ats(net: VisionTransformer, images: Tensor, config: ATSConfig | None = None, traces: bool = True) -> ATSResult:
+    """Run a batch (B x 3 x H x W, normalised) under ``config`` (default: the patched one);
+    ``traces=False``: logits, costs and counts alone (``stages`` empty), for what never draws."""
     config = config or getattr(net, "ats_config", None) or FULL
-    state = embed(net, images)
+    state = embed(net, images, traced=traces)
     return finish(net, run_blocks(net, state, config), config)
 
 
 def run_logits(net: VisionTransformer, images: Tensor, config: ATSConfig) -> tuple[Tensor, Tensor]:
     """Logits and token counts (B x (depth + 1)) alone, no costs or result: what a patched
     model returns, and what a compiled forward (``compiled.py``) traces."""
-    state = run_blocks(net, embed(net, images), config)
+    state = run_blocks(net, embed(net, images, traced=False), config)
     return _head(net, state), torch.stack(state.counts, dim=1)
 
 

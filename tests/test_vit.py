@@ -199,3 +199,36 @@ def test_a_result_brought_to_the_host_keeps_every_stages_view(deit_tiny, images,
         for view in ("groups", "kept_mask", "merged_mask", "present_mask", "scores"):
             assert torch.equal(getattr(a, view), getattr(b, view)), view
     assert host.summary(1) == res.summary(1)
+
+
+@pytest.mark.parametrize("cfg", [ATSConfig(k=0.5), ATSConfig(method="topk", k=0.5), ATSConfig(method="random", k=0.3),
+                                 ATSConfig(method="tome"), ATSConfig(method="evit"), ATSConfig(method="pitome")],
+                         ids=lambda c: c.id)
+def test_a_run_without_traces_gives_the_same_answers_for_fewer_operations(deit_tiny, images, cfg):
+    """Timing, sweeps and a patched model draw nothing, so they ask for no traces: the same
+    logits (to the bit: the forward's operations are the same ones), counts and costs, no
+    stages, and fewer operations dispatched (each one a kernel launch on a GPU)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func] += 1
+            return func(*args, **(kwargs or {}))
+
+    run_ats(deit_tiny, images, cfg)  # first-call work (the FLOP probe) out of the way
+    with Count() as traced:
+        full = run_ats(deit_tiny, images, cfg)
+    with Count() as bare:
+        lean = run_ats(deit_tiny, images, cfg, traces=False)
+    assert torch.equal(lean.logits, full.logits)
+    assert torch.equal(lean.token_counts, full.token_counts) and torch.equal(lean.gflops, full.gflops)
+    assert full.stages and not lean.stages
+    # ATS and top-K choose by the scores their trace shows, so their traces cost nothing more.
+    saves = cfg.method not in ("ats", "topk")
+    assert sum(bare.ops.values()) < sum(traced.ops.values()) if saves else bare.ops == traced.ops

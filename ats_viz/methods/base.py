@@ -84,13 +84,14 @@ class StageInput:
     num_prefix: int
     num_patches: int  # of the original grid
     single: bool  # one image with no padding on the CPU, where per-operation dispatch dominates
+    trace: bool  # whether the run keeps a trace: where not, a reducer computes only what the forward needs
 
 
 @dataclass
 class Selection:
     """A query-side stage's choice: the evidence and the patch tokens that survive."""
 
-    scores: Tensor  # B x P: the method's evidence per entering patch token
+    scores: Tensor | None  # B x P: the method's evidence per entering patch token (None: no trace, and not needed)
     kept: Tensor  # B x P bool
     index: Tensor | None = None  # for a single image, the kept indices ascending (saves a nonzero)
 

@@ -117,7 +117,7 @@ class ToMe(Reducer):
     def reduce(self, inp: StageInput, x: Tensor, value: Any, config) -> merge.Reduced:
         p = x.shape[1] - inp.num_prefix
         r = p - self.tokens_out(p, value, config)
-        return merge.tome_merge(x, inp.k.mean(dim=1), inp.size, r, inp.num_prefix)
+        return merge.tome_merge(x, inp.k.mean(dim=1), inp.size, r, inp.num_prefix, inp.trace)
 
 
 class EViT(Reducer):
@@ -163,4 +163,4 @@ class EViT(Reducer):
             # The class token's row of the softmax attention, averaged over heads (not renormalised).
             logits = (inp.q[:, :, :1] * inp.scale) @ inp.k.transpose(-2, -1)
             cls_attn = logits.softmax(dim=-1)[:, :, 0, npre:].mean(dim=1)
-        return merge.evit_keep(x, cls_attn, self.kept(x.shape[1] - npre, value), npre, config.fuse_token)
+        return merge.evit_keep(x, cls_attn, self.kept(x.shape[1] - npre, value), npre, config.fuse_token, inp.trace)

@@ -49,4 +49,4 @@ class PiToMe(Reducer):
         r = p - self.tokens_out(p, value, config)
         margin = pitome.pitome_margins(inp.depth)[inp.block]
         bsm = pitome.pitome_bsm_blocks(inp.depth)[inp.block]
-        return pitome.pitome_merge(x, inp.k.mean(dim=1), inp.size, r, inp.num_prefix, margin, bsm=bsm)
+        return pitome.pitome_merge(x, inp.k.mean(dim=1), inp.size, r, inp.num_prefix, margin, bsm=bsm, trace=inp.trace)

@@ -127,4 +127,5 @@ class Random(_Pruning):
 
     def select(self, inp: StageInput, value: Any, config) -> Selection:
         keys = ats.random_keys(inp.num_patches, config.seed, inp.block, inp.pos.device)
-        return Selection(significance(inp), ats.random_select(inp.pos, inp.valid, value, keys))
+        scores = significance(inp) if inp.trace else None  # the trace's evidence; the choice ignores it
+        return Selection(scores, ats.random_select(inp.pos, inp.valid, value, keys))
