@@ -302,7 +302,7 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Ten
     each where the method's rule says how many (nothing read back from the device), else
     padded to the batch's largest set, read back once."""
     if index is not None:
-        rows = torch.cat([torch.arange(npre), index + npre])
+        rows = torch.cat([torch.arange(npre, device=index.device), index + npre])
         state.pos = state.pos.index_select(1, index)
         state.valid = state.valid.new_ones(1, len(index))
         return q.index_select(2, rows), x.index_select(1, rows), torch.tensor([len(index)])
@@ -338,9 +338,10 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     where = reducer.where if value is not None else Where.NOWHERE
     prev = state.stages[-1] if state.stages else None
     if where is not Where.NOWHERE:
-        # One image on the CPU: ATS samples in NumPy, cheaper there than torch's dispatch, but
-        # opaque to torch.compile, so a compiled forward takes the batched path.
-        single = x.shape[0] == 1 and mask is None and x.device.type == "cpu" and not torch.compiler.is_compiling()
+        # One image: ATS reads its scores back in place of its count and samples in NumPy, a few
+        # host operations for the batched path's ~60 (each a dispatch on the CPU, a kernel launch
+        # on a GPU). Opaque to torch.compile, so a compiled forward takes the batched path.
+        single = x.shape[0] == 1 and mask is None and not torch.compiler.is_compiling()
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
                          state.num_patches, single, state.traced)
     n_kept = None

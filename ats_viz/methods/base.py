@@ -83,7 +83,7 @@ class StageInput:
     size: Tensor | None  # B x N x 1: patches each token holds (merging), None until the first merge
     num_prefix: int
     num_patches: int  # of the original grid
-    single: bool  # one image with no padding on the CPU, where per-operation dispatch dominates
+    single: bool  # one image with no padding (not compiled), where the cost per operation dominates
     trace: bool  # whether the run keeps a trace: where not, a reducer computes only what the forward needs
 
 

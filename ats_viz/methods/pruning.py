@@ -104,7 +104,9 @@ class ATS(_Pruning):
     def select(self, inp: StageInput, value: Any, config) -> Selection:
         scores = significance(inp)
         if inp.single:
-            index = torch.from_numpy(ats.ats_pick(scores[0].numpy(), value))
+            picked = ats.ats_pick(scores[0].cpu().numpy(), value)  # the stage's one read-back
+            # Not waiting for the copy: the stream orders it before the kernels that read it.
+            index = torch.from_numpy(picked).to(scores.device, non_blocking=True)
             kept = torch.zeros_like(inp.valid)
             kept[0, index] = True
             return Selection(scores, kept, index)
