@@ -2,8 +2,9 @@
 # Issue 22's GPU checks and measurements in one command, on a machine with CUDA, most important first
 # (a lent GPU is lent for minutes): the CUDA tests; bench_speed eager in fp32 on DeiT-S, ViT-B and the
 # shipped model at batch 1, 32 and 256, with the authors' ToMe and EViT timed beside ours; the same
-# in bf16; then compiled on DeiT-S at batch 1 and 32, with whatever time is left (each bench_speed
-# --compile run fills the README's section anew: the log holds every table).
+# in bf16; then compiled on DeiT-S at batch 1 and 32, the fixed-rate methods, the compiled tests and
+# ATS, with whatever time is left (each bench_speed --compile run fills the README's section anew:
+# the log holds every table).
 # Each step is cut off at its share of DEADLINE seconds (default 540), so that one slow step cannot
 # take the rest's time; a step that fails leaves the others to run. Each bench_speed run fills its own
 # section of bench/README.md; bench_releases prints a table to paste. With $OUT set (the device
@@ -29,14 +30,16 @@ step() {  # step CAP_SECONDS command...: runs it for at most CAP seconds, and ne
 }
 
 log "$($PY -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__, torch.cuda.get_device_name())')"
-step 120 $PY -m pytest -q tests/test_cuda.py
+step 90 $PY -m pytest -q tests/test_cuda.py -k "not compiled"
 step 150 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b,shipped
 [ -n "${RELEASES:-}" ] && step 60 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b
 step 100 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
 [ -n "${RELEASES:-}" ] && step 45 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
-for methods in ats tome,evit topk,pitome; do  # one table each, so that a cut-off run leaves the ones before it
-  step 600 $PY bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile --methods $methods
-done
+# Compiled last, the fixed-rate methods (CUDA graphs) first: on 2026-11-30 compiling ATS on the
+# H200 outlasted 235 s, so its step logs dynamo's recompiles, to show why.
+step 200 $PY bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile --methods topk,tome,evit,pitome
+step 60 $PY -m pytest -q tests/test_cuda.py -k compiled
+step 600 env TORCH_LOGS=recompiles $PY bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile --methods ats
 log done
