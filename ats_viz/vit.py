@@ -312,10 +312,12 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Ten
         state.valid, state.rows = state.valid.new_ones(b, width), None
     else:
         on_device = kept.sum(dim=1)
-        n_kept = on_device.cpu()  # the stage's one read-back
-        width = int(n_kept.max())
-        padded = bool((n_kept < width).any())
-        state.rows = _real_rows(on_device, npre, width, int(n_kept.sum()) + b * npre) if padded else None
+        # The stage's one read-back, as Python integers: what follows needs no more tensor
+        # operations, and a compiled forward breaks its graph here once, not at every int().
+        counts = on_device.tolist()
+        n_kept, width = torch.tensor(counts), max(counts)
+        padded = min(counts) < width
+        state.rows = _real_rows(on_device, npre, width, sum(counts) + b * npre) if padded else None
         # From the device's own counts: copying the host's back would wait on the GPU a second time.
         state.valid = torch.arange(width, device=x.device) < on_device[:, None]
     order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
