@@ -51,7 +51,11 @@ def _normalised_cdf(scores: Tensor, valid: Tensor) -> tuple[Tensor, Tensor, Tens
     """
     sorted_keys, order = torch.where(valid, scores, -1.0).sort(dim=-1, stable=True)
     present = sorted_keys >= 0
-    cdf = sorted_keys.clamp(min=0).cumsum(dim=-1)
+    # Cumulated in float64, each partial sum rounded back: what torch does on the CPU, and
+    # ``ats_pick`` in NumPy, so that a GPU (which cumulates float32 in float32) picks the same.
+    # (Apple's MPS has no float64: there float32 cumulates.)
+    wide = sorted_keys.dtype if scores.device.type == "mps" else torch.float64
+    cdf = sorted_keys.clamp(min=0).to(wide).cumsum(dim=-1).to(sorted_keys.dtype)
     lo = torch.where(present, cdf, float("inf")).amin(dim=-1, keepdim=True)
     spread = cdf[:, -1:] - lo
     norm = (cdf - lo) / spread.clamp(min=torch.finfo(cdf.dtype).tiny)

@@ -70,11 +70,13 @@ def not_finite(results: Sequence[ATSResult], settings: Sequence[ATSConfig]) -> d
     return out
 
 
-def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConfig]) -> list[ATSResult]:
-    """Run one batch under every setting, sharing the blocks before the first pruning stage."""
+def sweep_batch(net: torch.nn.Module, images: Tensor, settings: Sequence[ATSConfig],
+                traces: bool = False) -> list[ATSResult]:
+    """Run one batch under every setting, sharing the blocks before the first pruning stage;
+    ``traces``: keep each stage's trace (a sweep reads only logits, counts and costs)."""
     depth, patches = len(net.blocks), net.patch_embed.num_patches
     first = min((min(p) for p in (resolve(c, depth, patches) for c in settings) if p), default=depth)
-    shared = run_blocks(net, embed(net, images, traced=False), FULL, stop=first)
+    shared = run_blocks(net, embed(net, images, traced=traces), FULL, stop=first)
     return [finish(net, run_blocks(net, fork(shared), cfg), cfg) for cfg in settings]
 
 

@@ -50,12 +50,12 @@ def main() -> None:
         for start in range(0, len(x_all), args.batch):
             x = x_all[start:start + args.batch].to(dev)
             t0 = time.perf_counter()
-            ref = sweep_batch(net, x, SETTINGS)
+            ref = sweep_batch(net, x, SETTINGS, traces=True)
             seconds["fp32"] += time.perf_counter() - t0
             for p in precisions:
                 t0 = time.perf_counter()
                 with autocast(p, dev):
-                    low = sweep_batch(net, x, SETTINGS)
+                    low = sweep_batch(net, x, SETTINGS, traces=True)
                 seconds[p] += time.perf_counter() - t0
                 for cfg, a, b in zip(SETTINGS, ref, low):
                     tally = counts[(p, cfg.id)]

@@ -98,12 +98,13 @@ def test_shared_prefix_gives_what_each_setting_gives_alone(model, folder):
     x = torch.cat([model.prepare(read_image(p.read_bytes())) for p in sorted(folder.rglob("*.png"))[:6]])
     settings = [ATSConfig(method="full"), ATSConfig(k=60), ATSConfig(k=30, method="topk"),
                 ATSConfig(k=40, method="random", seed=5), ATSConfig(stages=(6, 9), k=20)]
-    for cfg, shared in zip(settings, sweep_batch(model.net, x, settings)):
+    for cfg, shared in zip(settings, sweep_batch(model.net, x, settings, traces=True)):
         alone = run_ats(model.net, x, cfg)
         assert torch.equal(shared.logits.argmax(1), alone.logits.argmax(1))
         assert torch.allclose(shared.logits, alone.logits, atol=1e-5)
         assert torch.equal(shared.token_counts, alone.token_counts)
         assert torch.equal(shared.gflops, alone.gflops)
+        assert len(shared.stages) == len(alone.stages)
         for a, b in zip(shared.stages, alone.stages):
             assert a.block == b.block and torch.equal(a.kept_mask, b.kept_mask)
 
