@@ -137,6 +137,14 @@ def sampling_picture(scores: Tensor, k: int) -> SamplingPicture:
     )
 
 
+def top_order(scores: Tensor, k: int) -> Tensor:
+    """The K highest-scoring tokens of each image as indices in grid order (B x min(K, P)):
+    ``topk_select``'s choice where every token is present, as at every fixed-rate stage. The
+    engine gathers them directly, with no mask to build and sort (on a GPU, six kernel launches
+    fewer per stage)."""
+    return scores.topk(min(k, scores.shape[1]), dim=-1).indices.sort(dim=-1).values
+
+
 def topk_select(scores: Tensor, valid: Tensor, k: int) -> Tensor:
     """Keep the K highest-scoring present tokens of each image (all of them if fewer)."""
     k = min(k, scores.shape[1])

@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .errors import InputError
 from .flops import full_gflops, gflops
-from .methods import Reducer, StageInput, Where, get
+from .methods import Reducer, Selection, StageInput, Where, get
 from .setting import FULL, ATSConfig, resolve
 
 
@@ -293,14 +293,16 @@ def _attention_bias(mask: Tensor | None, size: Tensor | None) -> Tensor | None:
     return bias if mask is None else bias.masked_fill(~mask, float("-inf"))
 
 
-def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Tensor | None, count: int | None,
+def _keep_rows(state: TokenState, q: Tensor, x: Tensor, sel: Selection, count: int | None,
                npre: int) -> tuple[Tensor, Tensor, Tensor]:
     """The kept query rows and tokens; the state's positions, padding and count follow.
 
-    ``index`` (one unpadded image): the kept rows in grid order, with no padding to make or
+    ``sel.index`` (one unpadded image): the kept rows in grid order, with no padding to make or
     mask. Otherwise kept tokens first (stable, so they stay in grid order): ``count`` tokens
-    each where the method's rule says how many (nothing read back from the device), else
-    padded to the batch's largest set, read back once."""
+    each where the method's rule says how many (nothing read back from the device; ``sel.order``
+    holds them where the method gives indices), else padded to the batch's largest set, read
+    back once."""
+    kept, index = sel.kept, sel.index
     if index is not None:
         rows = torch.cat([torch.arange(npre, device=index.device), index + npre])
         state.pos = state.pos.index_select(1, index)
@@ -320,7 +322,9 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, kept: Tensor, index: Ten
         state.rows = _real_rows(on_device, npre, width, sum(counts) + b * npre) if padded else None
         # From the device's own counts: copying the host's back would wait on the GPU a second time.
         state.valid = torch.arange(width, device=x.device) < on_device[:, None]
-    order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
+    order = sel.order
+    if order is None:
+        order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
     rows = torch.cat([torch.arange(npre, device=x.device).expand(b, npre), order + npre], dim=1)
     # Advanced indexing copies whole rows; gather with an expanded index was 4x slower at batch 32.
     batch = torch.arange(b, device=x.device)[:, None]
@@ -356,7 +360,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         if state.traced:
             state.stages.append(StageTrace(index, value, state.valid, sel.scores, sel.kept, None, state.num_patches, prev))
         count = reducer.tokens_out(state.valid.shape[1], value, config)  # None: the images decide
-        q, x, n_kept = _keep_rows(state, q, x, sel.kept, sel.index, count, npre)
+        q, x, n_kept = _keep_rows(state, q, x, sel, count, npre)
 
     size = state.size if reducer.proportional else None
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),

@@ -86,6 +86,19 @@ def test_topk_and_random_keep_exactly_k():
     assert torch.equal(r, ats.random_select(pos, valid, 3, ats.random_keys(5, seed=0, stage=3)))
 
 
+def test_the_engines_fixed_rate_choice_is_the_masks_in_grid_order():
+    """Fixed-rate stages take top_order's indices, not topk_select's mask: the same tokens, ties
+    included (both ask torch.topk), ascending as the engine gathers them."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randint(0, 6, (16, 40), generator=g).float()  # many ties
+    valid = torch.ones_like(s, dtype=torch.bool)
+    for k in (1, 7, 20, 40, 50):
+        order = ats.top_order(s, k)
+        assert order.shape == (16, min(k, 40)) and bool((order.diff(dim=1) > 0).all())
+        mask = torch.zeros_like(valid).scatter_(1, order, True)
+        assert torch.equal(mask, ats.topk_select(s, valid, k))
+
+
 def test_scores_follow_the_formula():
     # Two heads, three patches: S_j = (sum_h A[h, CLS, j]) * ||v_j||, normalised.
     attn = torch.tensor([[[0.2, 0.3, 0.1], [0.1, 0.1, 0.4]]])

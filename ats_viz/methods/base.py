@@ -92,8 +92,9 @@ class Selection:
     """A query-side stage's choice: the evidence and the patch tokens that survive."""
 
     scores: Tensor | None  # B x P: the method's evidence per entering patch token (None: no trace, and not needed)
-    kept: Tensor  # B x P bool
+    kept: Tensor | None  # B x P bool (None: no trace, and ``order`` says it)
     index: Tensor | None = None  # for a single image, the kept indices ascending (saves a nonzero)
+    order: Tensor | None = None  # B x K, the kept indices ascending, where every image keeps K (fixed rates)
 
 
 class Reducer:

@@ -64,6 +64,12 @@ def significance(inp: StageInput) -> Tensor:
 _K_HELP = "'all' (every patch of the input), a count (98), a fraction (0.5) or one value per stage."
 
 
+def _in_order(scores: Tensor | None, order: Tensor, inp: StageInput) -> Selection:
+    """A fixed-rate choice given as indices; the kept mask only where a trace shows it."""
+    kept = torch.zeros_like(inp.valid).scatter_(1, order, True) if inp.trace else None
+    return Selection(scores, kept, order=order)
+
+
 class _Pruning(Reducer):
     where = Where.QUERIES
     evidence = "significance"
@@ -119,7 +125,7 @@ class TopK(_Pruning):
 
     def select(self, inp: StageInput, value: Any, config) -> Selection:
         scores = significance(inp)
-        return Selection(scores, ats.topk_select(scores, inp.valid, value))
+        return _in_order(scores, ats.top_order(scores, value), inp)
 
 
 class Random(_Pruning):
@@ -130,4 +136,4 @@ class Random(_Pruning):
     def select(self, inp: StageInput, value: Any, config) -> Selection:
         keys = ats.random_keys(inp.num_patches, config.seed, inp.block, inp.pos.device)
         scores = significance(inp) if inp.trace else None  # the trace's evidence; the choice ignores it
-        return Selection(scores, ats.random_select(inp.pos, inp.valid, value, keys))
+        return _in_order(scores, ats.top_order(keys[inp.pos], value), inp)  # as ats.random_select
