@@ -366,9 +366,15 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=_attention_bias(mask, size),
                                          dropout_p=attn.attn_drop.p if attn.training else 0.0)
     out = out.transpose(1, 2).reshape(x.shape[0], q.shape[2], -1)
-    x = _on_rows(lambda t, o: t + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(attn.norm(o))))), state.rows, x, out)
 
-    if where is Where.TOKENS:
+    def attention_residual(t: Tensor, o: Tensor) -> Tensor:
+        return t + blk.drop_path1(blk.ls1(attn.proj_drop(attn.proj(attn.norm(o)))))
+
+    def mlp_residual(t: Tensor) -> Tensor:
+        return t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t))))
+
+    if where is Where.TOKENS:  # reduced between the two residuals (merging never pads)
+        x = attention_residual(x, out)
         red = reducer.reduce(inp, x, value, config)
         if state.traced:
             state.stages.append(StageTrace(index, value, state.valid, red.scores, red.kept, red.dest,
@@ -378,8 +384,10 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         state.valid = state.valid.new_ones(b, p)
         state.pos = torch.arange(p, device=x.device).expand(b, p)  # not grid positions: merged tokens hold several
         n_kept = torch.full((b,), p)
-
-    state.x = _on_rows(lambda t: t + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(t)))), state.rows, x)
+        state.x = mlp_residual(x)
+    else:
+        # Both residuals in one pass over the real tokens: one gather and one scatter of them, not two.
+        state.x = _on_rows(lambda t, o: mlp_residual(attention_residual(t, o)), state.rows, x, out)
     # Counts change only where a stage reduces; elsewhere the previous tensor is reused.
     state.counts.append(state.counts[-1] if n_kept is None else n_kept + npre)
 

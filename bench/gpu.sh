@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Issue 22's GPU checks and measurements in one command, on a machine with CUDA, most important first
-# (a lent GPU is lent for minutes): the CUDA tests; bench_speed eager in fp32 on DeiT-S, ViT-B and the
-# shipped model at batch 1, 32 and 256, with the authors' ToMe and EViT timed beside ours; the same
-# in bf16; then compiled on DeiT-S at batch 1 and 32, the fixed-rate methods, the compiled tests and
-# ATS, with whatever time is left (each bench_speed --compile run fills the README's section anew:
-# the log holds every table).
+# Issue 22's GPU checks and measurements in one command, on a machine with CUDA, most important
+# first (a lent GPU is lent for minutes): the CUDA tests; bench_speed eager in fp32 on DeiT-S, ViT-B
+# and the shipped model at batch 1, 32 and 256, the authors' ToMe and EViT timed beside ours, and
+# where the time goes at batch 256 and 1 (bench_profile); the same in bf16; then compiled on DeiT-S
+# at batch 1 and 32: the fixed-rate methods, the compiled tests, and ATS, with whatever time is left
+# (each bench_speed --compile run fills the README's section anew: the log holds every table).
 # Each step is cut off at its share of DEADLINE seconds (default 540), so that one slow step cannot
 # take the rest's time; a step that fails leaves the others to run. Each bench_speed run fills its own
 # section of bench/README.md; bench_releases prints a table to paste. With $OUT set (the device
@@ -34,6 +34,8 @@ step 90 $PY -m pytest -q tests/test_cuda.py -k "not compiled"
 step 150 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b,shipped
 [ -n "${RELEASES:-}" ] && step 60 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b
+step 60 $PY bench/bench_profile.py --device cuda --batch 256
+step 30 $PY bench/bench_profile.py --device cuda --batch 1 --settings ats:all,topk:0.5 --top 8
 step 100 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
 [ -n "${RELEASES:-}" ] && step 45 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
