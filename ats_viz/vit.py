@@ -348,8 +348,7 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
         # host operations for the batched path's ~60 (each a dispatch on the CPU, a kernel launch
         # on a GPU). Opaque to torch.compile, so a compiled forward takes the batched path. Not on
         # Apple's MPS, whose asynchronous copy from a temporary host array is not safe.
-        single = (x.shape[0] == 1 and mask is None and x.device.type in ("cpu", "cuda")
-                  and not torch.compiler.is_compiling())
+        single = x.shape[0] == 1 and mask is None and x.device.type in ("cpu", "cuda")
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
                          state.num_patches, single, state.traced)
     n_kept = None

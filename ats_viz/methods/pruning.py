@@ -64,6 +64,14 @@ def significance(inp: StageInput) -> Tensor:
 _K_HELP = "'all' (every patch of the input), a count (98), a fraction (0.5) or one value per stage."
 
 
+@torch.compiler.disable  # NumPy on the host: a compiled forward runs it as it is, where its read-back breaks the graph anyway
+def _pick_one(scores: Tensor, k: int) -> Tensor:
+    """ATS's choice for one image (1 x P scores), sampled on the host: the kept indices, ascending."""
+    picked = ats.ats_pick(scores[0].cpu().numpy(), k)  # the stage's one read-back
+    # Not waiting for the copy: the stream orders it before the kernels that read it.
+    return torch.from_numpy(picked).to(scores.device, non_blocking=True)
+
+
 def _in_order(scores: Tensor | None, order: Tensor, inp: StageInput) -> Selection:
     """A fixed-rate choice given as indices; the kept mask only where a trace shows it."""
     kept = torch.zeros_like(inp.valid).scatter_(1, order, True) if inp.trace else None
@@ -110,9 +118,7 @@ class ATS(_Pruning):
     def select(self, inp: StageInput, value: Any, config) -> Selection:
         scores = significance(inp)
         if inp.single:
-            picked = ats.ats_pick(scores[0].cpu().numpy(), value)  # the stage's one read-back
-            # Not waiting for the copy: the stream orders it before the kernels that read it.
-            index = torch.from_numpy(picked).to(scores.device, non_blocking=True)
+            index = _pick_one(scores, value)
             kept = torch.zeros_like(inp.valid)
             kept[0, index] = True
             return Selection(scores, kept, index)
