@@ -346,8 +346,8 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     if where is not Where.NOWHERE:
         # One image: ATS reads its scores back in place of its count and samples in NumPy, a few
         # host operations for the batched path's ~60 (each a dispatch on the CPU, a kernel launch
-        # on a GPU). Opaque to torch.compile, so a compiled forward takes the batched path. Not on
-        # Apple's MPS, whose asynchronous copy from a temporary host array is not safe.
+        # on a GPU); compiled too, the pick run outside the graph. Not on Apple's MPS, whose
+        # asynchronous copy from a temporary host array is not safe.
         single = x.shape[0] == 1 and mask is None and x.device.type in ("cpu", "cuda")
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
                          state.num_patches, single, state.traced)
