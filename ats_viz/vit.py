@@ -399,8 +399,7 @@ _SHAPE_FREE_ATTENTION = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENT
 
 
 def _attention_kernels(device: torch.device, plan: dict, config: ATSConfig):
-    reducer = get(config.method)
-    varying = any(reducer.tokens_out(1, value, config) is None for value in plan.values())
+    varying = get(config.method).adaptive and bool(plan)
     return sdpa_kernel(_SHAPE_FREE_ATTENTION) if varying and device.type == "cuda" else contextlib.nullcontext()
 
 

@@ -83,7 +83,7 @@ class StageInput:
     size: Tensor | None  # B x N x 1: patches each token holds (merging), None until the first merge
     num_prefix: int
     num_patches: int  # of the original grid
-    single: bool  # one image with no padding (not compiled), where the cost per operation dominates
+    single: bool  # one image with no padding, where the cost per operation dominates
     trace: bool  # whether the run keeps a trace: where not, a reducer computes only what the forward needs
 
 
@@ -92,7 +92,7 @@ class Selection:
     """A query-side stage's choice: the evidence and the patch tokens that survive."""
 
     scores: Tensor | None  # B x P: the method's evidence per entering patch token (None: no trace, and not needed)
-    kept: Tensor | None  # B x P bool (None: no trace, and ``order`` says it)
+    kept: Tensor | None  # B x P bool (None: no trace, and ``index`` or ``order`` says it)
     index: Tensor | None = None  # for a single image, the kept indices ascending (saves a nonzero)
     order: Tensor | None = None  # B x K, the kept indices ascending, where every image keeps K (fixed rates)
 

@@ -119,8 +119,7 @@ class ATS(_Pruning):
         scores = significance(inp)
         if inp.single:
             index = _pick_one(scores, value)
-            kept = torch.zeros_like(inp.valid)
-            kept[0, index] = True
+            kept = torch.zeros_like(inp.valid).index_fill_(1, index, True) if inp.trace else None  # the trace's mask
             return Selection(scores, kept, index)
         return Selection(scores, ats.ats_select(scores, inp.valid, value))
 
