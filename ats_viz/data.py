@@ -526,9 +526,11 @@ def extract_zip(data: bytes, name: str = "the archive",
     return _archive_root(out)
 
 
-def keep_labels(data: bytes, name: str = "the labels CSV") -> Path:
-    """An uploaded labels CSV, kept in the cache by its digest, within the cache's budget."""
-    path = cache_root() / "uploads" / f"labels-{hashlib.sha256(data).hexdigest()[:24]}.csv"
+def keep_upload(data: bytes, name: str, kind: str, suffix: str) -> Path:
+    """An uploaded file kept in the cache as ``uploads/<kind>-<digest><suffix>``, within the
+    cache's budget (the least recently used entries go first): the same bytes again, from any
+    session, reuse it. For what is read from a path (a labels CSV, a video for OpenCV)."""
+    path = cache_root() / "uploads" / f"{kind}-{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
     if path.is_file():
         cachebudget.touch(path)
         return path

@@ -8,8 +8,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ats_viz import InputError, synthetic, viz
+from ats_viz import InputError, cachebudget, synthetic, viz
 from ats_viz import video as vid
+from ats_viz.data import keep_upload
 from ats_viz.models import model_hash, on_device
 
 settings = ui.sidebar()
@@ -23,39 +24,44 @@ if loaded is None:
 
 
 @st.cache_resource(show_spinner="Making the sample clip...")
-def sample_clip() -> Path:
-    """The synthetic clip: a scene that fills up, one object after another."""
-    return synthetic.write_video(Path(tempfile.mkdtemp(prefix="ats-viz-")) / "scene.mp4", seed=7, frames=72)
+def sample_clip() -> tempfile.TemporaryDirectory:
+    """The synthetic clip, a scene that fills up one object after another: one per server
+    process, in a folder removed when the process ends."""
+    folder = tempfile.TemporaryDirectory(prefix="ats-viz-")
+    synthetic.write_video(Path(folder.name) / "scene.mp4", seed=7, frames=72)
+    return folder
 
 
 def upload_path(upload) -> Path:
-    """OpenCV reads files, not bytes: one temp file per session, replaced by the next upload."""
+    """OpenCV reads files, not bytes: the upload is kept in the cache by its digest, within the
+    cache's budget (so it is never lost mid-analysis, and never piles up): once per upload."""
     key = (upload.file_id, upload.name, upload.size)
     kept = st.session_state.get("video_upload")
-    if kept and kept[0] == key:
+    if kept and kept[0] == key and kept[1].is_file():
         return kept[1]
-    if kept:
-        kept[1].unlink(missing_ok=True)
-    suffix = Path(upload.name).suffix.lower() or ".mp4"
-    with tempfile.NamedTemporaryFile(prefix="ats-viz-", suffix=suffix, delete=False) as fh:
-        fh.write(upload.getbuffer())
-    st.session_state.video_upload = (key, Path(fh.name))
-    return Path(fh.name)
+    suffix = Path(upload.name).suffix.lower()
+    path = keep_upload(upload.getvalue(), upload.name, "video", suffix if suffix[1:] in vid.VIDEO_TYPES else ".mp4")
+    st.session_state.video_upload = (key, path)
+    return path
 
 
 left, right = st.columns([3, 2])
 upload = left.file_uploader("Upload a video", type=list(vid.VIDEO_TYPES), key="video_file")
 use_sample = right.toggle("...or use the sample clip", value=upload is None, disabled=upload is not None,
                           key="video_sample")
-if upload is not None:
-    path, source = upload_path(upload), f"upload:{upload.file_id}"
-elif use_sample:
-    path, source = sample_clip(), "sample"
-else:
-    st.stop()
-
 try:
-    info = vid.probe(path)
+    if upload is not None:
+        path, source = upload_path(upload), f"upload:{upload.file_id}"
+    elif use_sample:
+        path, source = Path(sample_clip().name) / "scene.mp4", "sample"
+    else:
+        st.stop()
+    try:
+        info = vid.probe(path)
+    except InputError:
+        if upload is not None:  # bytes OpenCV cannot read are not kept
+            path.unlink(missing_ok=True)
+        raise
 except InputError as err:
     st.error(str(err))
     st.stop()
@@ -85,7 +91,7 @@ if stored is None or stored[0] != key:
     bar = st.progress(0.0, text="Reading frames...")
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
-        with ui.queued():
+        with ui.queued(), cachebudget.in_use(path):  # an upload stays while it is read
             vid.analyse_video(on_device(loaded, settings.device), path, settings.config, stride, int(max_frames),
                               progress=lambda done, _: bar.progress(done / expected if expected else 0.0,
                                                                     text=f"{done} of {expected or '?'} frames"),

@@ -11,7 +11,7 @@ import streamlit as st
 import ui
 from ats_viz import InputError, cachebudget, timing, viz
 from ats_viz import evaluate as ev
-from ats_viz.data import (Dataset, dataset_stamp, extract_zip, heldout_description, heldout_folder, keep_labels,
+from ats_viz.data import (Dataset, dataset_stamp, extract_zip, heldout_description, heldout_folder, keep_upload,
                           load_dataset)
 from ats_viz.methods import METHODS, REDUCERS, SWEEP_DEFAULT, parse_ladder
 from ats_viz.models import model_hash
@@ -127,7 +127,7 @@ def dataset_folder() -> tuple[Path | str, str | None] | None:
         return None
     folder = extract_zip(upload.getvalue(), upload.name)
     if labels is not None:
-        return folder, str(keep_labels(labels.getvalue(), labels.name))
+        return folder, str(keep_upload(labels.getvalue(), labels.name, "labels", ".csv"))
     inside = sorted(p.name for p in folder.glob("*.csv"))
     choice = b.selectbox("Labels from", ["class folders", *inside], key="ds_zip_labels") if inside else None
     return folder, (str(folder / choice) if choice and choice != "class folders" else None)

@@ -395,7 +395,8 @@ def test_video_page_upload(monkeypatch, sandbox, name, what, says):
     no_exception(at)
     assert says in errors(at)
     assert not at.get("plotly_chart")
-    # the upload's temp copy lives in the (redirected) temp folder, nowhere else
+    # bytes OpenCV cannot read are not kept: not in the cache, not in the temp folder
+    assert not list((sandbox.cache / "uploads").glob("*"))
     assert not [p for p in Path(tempfile.gettempdir()).glob("ats-viz-*") if not p.is_relative_to(sandbox.tmp)]
 
 

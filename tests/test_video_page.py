@@ -8,7 +8,8 @@ from ats_viz import synthetic
 
 
 @pytest.fixture
-def page(monkeypatch):
+def page(monkeypatch, tmp_path):
+    monkeypatch.setenv("ATS_VIZ_CACHE", str(tmp_path / "cache"))  # where uploads are kept
     return open_app(monkeypatch, "3_Video.py")
 
 
@@ -35,6 +36,22 @@ def test_an_uploaded_clip_is_analysed(page, tmp_path):
     assert not page.exception and not page.error
     at = analyse(page, 90)
     assert at.metric[0].value == "6"
+
+
+def test_an_upload_is_kept_once_in_the_cache_within_its_budget(page, monkeypatch, tmp_path):
+    from ats_viz import cachebudget
+
+    data = synthetic.write_video(tmp_path / "mine.mp4", seed=1, frames=6).read_bytes()
+    page.file_uploader(key="video_file").set_value(("Mine.MP4", data, "video/mp4")).run()
+    other = open_app(monkeypatch, "3_Video.py")  # a second session, the same bytes
+    other.file_uploader(key="video_file").set_value(("copy.mp4", data, "video/mp4")).run()
+    assert not page.error and not other.error
+    kept = [e.path for e in cachebudget.entries()]  # what the budget counts and may remove
+    assert [p.parent.name for p in kept] == ["uploads"] and kept[0].name.startswith("video-")
+    assert kept[0].suffix == ".mp4" and kept[0].read_bytes() == data
+
+    kept[0].unlink()  # evicted for another upload: the page writes it again on its next run
+    assert analyse(page, 90).metric[0].value == "6"
 
 
 def test_a_broken_upload_gets_a_sentence(page):
