@@ -19,6 +19,7 @@ import contextlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
@@ -257,13 +258,22 @@ def _on_rows(f, rows: Tensor | None, *xs: Tensor) -> Tensor:
     return y.new_zeros(b * n, *y.shape[1:]).index_copy_(0, rows, y).view(b, n, *y.shape[1:])
 
 
-def _real_rows(n_kept: Tensor, npre: int, width: int, total: int) -> Tensor:
-    """The flat indices of each image's prefix and ``n_kept`` patch tokens in B x (npre + width),
-    ``total`` of them (known on the host: computed on the device without waiting on it)."""
-    lens = n_kept + npre
-    image = torch.repeat_interleave(torch.arange(len(lens), device=lens.device), lens, output_size=total)
-    start = lens.cumsum(0) - lens
-    return image * (npre + width) + torch.arange(total, device=lens.device) - start[image]
+@torch.compiler.disable  # host arithmetic on Python integers: a compiled forward breaks its graph at the read-back anyway
+def _padded_layout(counts: list[int], npre: int, device: torch.device) -> tuple[Tensor | None, Tensor]:
+    """From each image's kept count (read back, Python integers): the flat indices of each image's
+    prefix and kept tokens in B x (npre + width) (None where no image is padded), and the B x width
+    padding mask. Built on the host and copied, not computed on the device: two copies where
+    the device needed a dozen kernel launches per stage. The copies wait on nothing: the read-back
+    just drained the stream."""
+    width = max(counts)
+    kept = np.asarray(counts)
+    valid = torch.from_numpy(np.arange(width) < kept[:, None]).to(device, non_blocking=True)
+    if kept.min() == width:
+        return None, valid
+    lens = kept + npre
+    starts = np.repeat(np.arange(len(lens)) * (npre + width) - (np.cumsum(lens) - lens), lens)
+    rows = torch.from_numpy(starts + np.arange(lens.sum())).to(device, non_blocking=True)
+    return rows, valid
 
 
 def _attention_inputs(blk: Block, x: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -313,15 +323,11 @@ def _keep_rows(state: TokenState, q: Tensor, x: Tensor, sel: Selection, count: i
         n_kept, width = torch.full((b,), count), count
         state.valid, state.rows = state.valid.new_ones(b, width), None
     else:
-        on_device = kept.sum(dim=1)
-        # The stage's one read-back, as Python integers: what follows needs no more tensor
-        # operations, and a compiled forward breaks its graph here once, not at every int().
-        counts = on_device.tolist()
+        # The stage's one read-back, as Python integers: the layout that follows is host
+        # arithmetic, and a compiled forward breaks its graph here once, not at every int().
+        counts = kept.sum(dim=1).tolist()
         n_kept, width = torch.tensor(counts), max(counts)
-        padded = min(counts) < width
-        state.rows = _real_rows(on_device, npre, width, sum(counts) + b * npre) if padded else None
-        # From the device's own counts: copying the host's back would wait on the GPU a second time.
-        state.valid = torch.arange(width, device=x.device) < on_device[:, None]
+        state.rows, state.valid = _padded_layout(counts, npre, x.device)
     order = sel.order
     if order is None:
         order = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :width]
