@@ -25,12 +25,11 @@ def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
     """
     norms = torch.linalg.vector_norm(v, dim=tuple(range(2, v.ndim)))
     raw = torch.where(valid, cls_attn.sum(dim=1) * norms, 0.0)
-    total = raw.sum(dim=-1, keepdim=True)
     # An image whose patches all score 0 (possible only with degenerate weights) is treated as
-    # uniform, so sampling still has a CDF to walk. Both computed, no branch: asking the device
-    # which images those are would stall it.
-    uniform = valid / valid.sum(dim=-1, keepdim=True).clamp(min=1)
-    return torch.where(total > 0, raw / total.clamp(min=torch.finfo(raw.dtype).tiny), uniform)
+    # uniform, so sampling still has a CDF to walk: its present patches score 1 each before the
+    # normalisation. No branch: asking the device which images those are would stall it.
+    raw = torch.where(raw.sum(dim=-1, keepdim=True) > 0, raw, valid)
+    return raw / raw.sum(dim=-1, keepdim=True)
 
 
 @dataclass(frozen=True)
