@@ -267,12 +267,14 @@ def _padded_layout(counts: list[int], npre: int, device: torch.device) -> tuple[
     just drained the stream."""
     width = max(counts)
     kept = np.asarray(counts)
-    valid = torch.from_numpy(np.arange(width) < kept[:, None]).to(device, non_blocking=True)
+    # Not on Apple's MPS, whose asynchronous copy from a temporary host array is not safe.
+    non_blocking = device.type == "cuda"
+    valid = torch.from_numpy(np.arange(width) < kept[:, None]).to(device, non_blocking=non_blocking)
     if kept.min() == width:
         return None, valid
     lens = kept + npre
     starts = np.repeat(np.arange(len(lens)) * (npre + width) - (np.cumsum(lens) - lens), lens)
-    rows = torch.from_numpy(starts + np.arange(lens.sum())).to(device, non_blocking=True)
+    rows = torch.from_numpy(starts + np.arange(lens.sum())).to(device, non_blocking=non_blocking)
     return rows, valid
 
 
