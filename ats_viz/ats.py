@@ -29,7 +29,7 @@ def significance_scores(cls_attn: Tensor, v: Tensor, valid: Tensor) -> Tensor:
     # uniform, so sampling still has a CDF to walk: its present patches score 1 each before the
     # normalisation. No branch: asking the device which images those are would stall it.
     raw = torch.where(raw.sum(dim=-1, keepdim=True) > 0, raw, valid)
-    return raw / raw.sum(dim=-1, keepdim=True)
+    return raw / raw.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(raw.dtype).tiny)  # no patch at all: 0s
 
 
 @dataclass(frozen=True)

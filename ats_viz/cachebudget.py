@@ -3,7 +3,7 @@ within $ATS_VIZ_CACHE_GB gigabytes (default 20), the least recently used going f
 
 An entry is one thing the app writes and can make again: an unpacked upload
 (``uploads/<digest>``), an uploaded labels CSV or video (``uploads/labels-<digest>.csv``,
-``uploads/video-<digest>.mp4``), the bundled held-out set (``heldout-*``) or one file of cached sweep results (``sweeps/<digest>.json``).
+``uploads/video-<digest>.<ext>``), the bundled held-out set (``heldout-*``) or one file of cached sweep results (``sweeps/<digest>.json``).
 Nothing else under the cache folder is counted or removed, so a cache folder that also holds
 other files never loses them. Sizes are counted in 4 KiB blocks, as a disk holds files.
 

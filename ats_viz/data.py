@@ -526,17 +526,18 @@ def extract_zip(data: bytes, name: str = "the archive",
     return _archive_root(out)
 
 
-def keep_upload(data: bytes, name: str, kind: str, suffix: str) -> Path:
+def keep_upload(data: bytes | memoryview, name: str, kind: str, suffix: str) -> Path:
     """An uploaded file kept in the cache as ``uploads/<kind>-<digest><suffix>``, within the
     cache's budget (the least recently used entries go first): the same bytes again, from any
     session, reuse it. For what is read from a path (a labels CSV, a video for OpenCV)."""
     path = cache_root() / "uploads" / f"{kind}-{hashlib.sha256(data).hexdigest()[:24]}{suffix}"
-    if path.is_file():
-        cachebudget.touch(path)
-        return path
     try:
+        if path.is_file():
+            cachebudget.touch(path)
+            return path
         with cachebudget.room(cachebudget.blocks(len(data)), name):
             atomic_write(path, data)
     except OSError as err:
-        raise InputError(f"'{name}' could not be kept on this server ({err.strerror or err}).") from None
+        raise InputError(f"'{name}' could not be kept on this server: {why_not(err)}. Free some space or set "
+                         "ATS_VIZ_CACHE to a folder with room.") from None
     return path

@@ -169,10 +169,11 @@ def _fourcc(cap: cv2.VideoCapture) -> str:
     return text.strip() if text.isprintable() and text.strip() else "unknown"
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Check that ``path`` is a video with a decodable frame, or say what is wrong and what to do."""
+def probe(path: str | Path, name: str | None = None) -> VideoInfo:
+    """Check that ``path`` is a video with a decodable frame, or say what is wrong and what to do,
+    calling it ``name`` (default: its file name; an upload kept under another name: the upload's)."""
     path = Path(path)
-    name = path.name
+    name = name or path.name
     kinds = "MP4, AVI, MOV, WebM or MKV"
     if not path.is_file():
         raise InputError(f"No video file at '{path}'. Check the path.")

@@ -263,10 +263,10 @@ def _padded_layout(counts: list[int], npre: int, device: torch.device) -> tuple[
     """From each image's kept count (read back, Python integers): the flat indices of each image's
     prefix and kept tokens in B x (npre + width) (None where no image is padded), and the B x width
     padding mask. Built on the host and copied, not computed on the device: two copies where
-    the device needed a dozen kernel launches per stage. The copies wait on nothing: the read-back
-    just drained the stream."""
+    the device needed a dozen kernel launches per stage. The read-back has just drained this
+    forward's work from the stream, so the copies add no wait of their own."""
     width = max(counts)
-    kept = np.asarray(counts)
+    kept = np.asarray(counts, dtype=np.int64)  # indices are int64 wherever NumPy's default int is not
     # Not on Apple's MPS, whose asynchronous copy from a temporary host array is not safe.
     non_blocking = device.type == "cuda"
     valid = torch.from_numpy(np.arange(width) < kept[:, None]).to(device, non_blocking=non_blocking)

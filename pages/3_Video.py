@@ -1,5 +1,6 @@
 """Video: how many tokens ATS keeps frame by frame, what each frame costs, and why."""
 
+import contextlib
 import io
 import tempfile
 from pathlib import Path
@@ -32,15 +33,25 @@ def sample_clip() -> tempfile.TemporaryDirectory:
     return folder
 
 
+def sample_path() -> Path:
+    clip = Path(sample_clip().name) / "scene.mp4"
+    if not clip.is_file():  # a temp cleaner took it: make it again
+        sample_clip.clear()
+        clip = Path(sample_clip().name) / "scene.mp4"
+    return clip
+
+
 def upload_path(upload) -> Path:
     """OpenCV reads files, not bytes: the upload is kept in the cache by its digest, within the
-    cache's budget (so it is never lost mid-analysis, and never piles up): once per upload."""
+    cache's budget (so it never piles up): written once per upload, again if it was evicted."""
     key = (upload.file_id, upload.name, upload.size)
     kept = st.session_state.get("video_upload")
-    if kept and kept[0] == key and kept[1].is_file():
-        return kept[1]
+    with contextlib.suppress(OSError):
+        if kept and kept[0] == key and kept[1].is_file():
+            cachebudget.touch(kept[1])
+            return kept[1]
     suffix = Path(upload.name).suffix.lower()
-    path = keep_upload(upload.getvalue(), upload.name, "video", suffix if suffix[1:] in vid.VIDEO_TYPES else ".mp4")
+    path = keep_upload(upload.getbuffer(), upload.name, "video", suffix if suffix[1:] in vid.VIDEO_TYPES else ".mp4")
     st.session_state.video_upload = (key, path)
     return path
 
@@ -53,11 +64,11 @@ try:
     if upload is not None:
         path, source = upload_path(upload), f"upload:{upload.file_id}"
     elif use_sample:
-        path, source = Path(sample_clip().name) / "scene.mp4", "sample"
+        path, source = sample_path(), "sample"
     else:
         st.stop()
     try:
-        info = vid.probe(path)
+        info = vid.probe(path, upload.name if upload is not None else None)
     except InputError:
         if upload is not None:  # bytes OpenCV cannot read are not kept
             path.unlink(missing_ok=True)
@@ -91,7 +102,9 @@ if stored is None or stored[0] != key:
     bar = st.progress(0.0, text="Reading frames...")
     st.button("Stop", key="video_stop", help="Keep the frames analysed so far.")
     try:
-        with ui.queued(), cachebudget.in_use(path):  # an upload stays while it is read
+        with cachebudget.in_use(path), ui.queued():  # an upload stays while it waits and while it is read
+            if upload is not None:
+                path = upload_path(upload)  # written again if evicted before it was pinned
             vid.analyse_video(on_device(loaded, settings.device), path, settings.config, stride, int(max_frames),
                               progress=lambda done, _: bar.progress(done / expected if expected else 0.0,
                                                                     text=f"{done} of {expected or '?'} frames"),

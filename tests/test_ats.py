@@ -110,14 +110,16 @@ def test_scores_follow_the_formula():
 
 def test_an_image_whose_tokens_all_score_zero_samples_uniformly():
     # Image 0: every value vector is zero (degenerate weights), two of its four patches padding.
-    # Image 1: a normal image. Scores sum to 1 over present patches, 0 on padding, either way.
-    attn = torch.tensor([[[0.2, 0.3, 0.1, 0.4]], [[0.1, 0.2, 0.3, 0.4]]])
-    v = torch.stack([torch.zeros(4, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]])])
-    valid = torch.tensor([[True, False, True, False], [True, True, True, True]])
+    # Image 1: a normal image. Scores sum to 1 over present patches, 0 on padding, either way;
+    # image 2 has no patch left at all: 0 everywhere, never NaN.
+    attn = torch.tensor([[[0.2, 0.3, 0.1, 0.4]], [[0.1, 0.2, 0.3, 0.4]], [[0.1, 0.2, 0.3, 0.4]]])
+    v = torch.stack([torch.zeros(4, 2), torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 4.0]]),
+                     torch.ones(4, 2)])
+    valid = torch.tensor([[True, False, True, False], [True, True, True, True], [False] * 4])
     s = ats.significance_scores(attn, v, valid)
-    assert s[0].tolist() == [0.5, 0.0, 0.5, 0.0]
+    assert s[0].tolist() == [0.5, 0.0, 0.5, 0.0] and s[2].tolist() == [0.0] * 4
     raw = torch.tensor([0.1 * 1, 0.2 * 2, 0.3 * 3, 0.4 * 4])
     assert torch.allclose(s[1], raw / raw.sum(), rtol=1e-6, atol=0)
     # so sampling still has a CDF to walk (no NaN, no padding kept): on a uniform CDF over two
     # patches the first sorts to a normalised CDF of 0 and is never kept, the second is
-    assert ats.ats_select(s, valid, 2)[0].tolist() == [False, False, True, False]
+    assert ats.ats_select(s[:2], valid[:2], 2)[0].tolist() == [False, False, True, False]

@@ -393,7 +393,7 @@ def test_video_page_upload(monkeypatch, sandbox, name, what, says):
     data = make_input("video", what, sandbox.inputs, sandbox.marker).read_bytes()
     at = upload(open_app(monkeypatch, "3_Video.py"), "video_file", name, data)
     no_exception(at)
-    assert says in errors(at)
+    assert says in errors(at) and f"'{name}'" in errors(at)  # the upload's own name, not the cache's
     assert not at.get("plotly_chart")
     # bytes OpenCV cannot read are not kept: not in the cache, not in the temp folder
     assert not list((sandbox.cache / "uploads").glob("*"))

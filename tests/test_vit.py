@@ -232,3 +232,20 @@ def test_a_run_without_traces_gives_the_same_answers_for_fewer_operations(deit_t
     # ATS chooses by the scores and the mask its trace shows, so its trace costs nothing more.
     saves = cfg.method != "ats"
     assert sum(bare.ops.values()) < sum(traced.ops.values()) if saves else bare.ops == traced.ops
+
+
+@pytest.mark.parametrize("counts, npre", [([3, 1, 0, 3], 1), ([2, 2], 1), ([5], 0), ([0, 4, 2], 2), ([1, 3], 0)])
+def test_a_padded_batchs_layout_lists_each_images_real_rows_in_order(counts, npre):
+    """The flat indices of each image's prefix and kept tokens in B x (npre + width), as int64
+    (what index_select and index_copy_ take, on every platform), and the padding mask; no
+    indices where no image is padded."""
+    from ats_viz.vit import _padded_layout
+
+    width = max(counts)
+    rows, valid = _padded_layout(counts, npre, torch.device("cpu"))
+    assert valid.dtype == torch.bool and valid.tolist() == [[j < c for j in range(width)] for c in counts]
+    if len(set(counts)) == 1:
+        assert rows is None
+        return
+    expected = [i * (npre + width) + j for i, c in enumerate(counts) for j in range(npre + c)]
+    assert rows.dtype == torch.int64 and rows.tolist() == expected
