@@ -50,8 +50,14 @@ def test_an_upload_is_kept_once_in_the_cache_within_its_budget(page, monkeypatch
     assert [p.parent.name for p in kept] == ["uploads"] and kept[0].name.startswith("video-")
     assert kept[0].suffix == ".mp4" and kept[0].read_bytes() == data
 
-    kept[0].unlink()  # evicted for another upload: the page writes it again on its next run
+    # A budget with room for one clip: another session's new clip evicts the least recently used
+    monkeypatch.setenv("ATS_VIZ_CACHE_GB", str(1.5 * cachebudget.blocks(len(data)) / 1e9))
+    new = synthetic.write_video(tmp_path / "new.mp4", seed=2, frames=6).read_bytes()
+    other.file_uploader(key="video_file").set_value(("new.mp4", new, "video/mp4")).run()
+    assert not other.error and [e.path.read_bytes() for e in cachebudget.entries()] == [new]
+    # and the first session, analysing its clip, writes it again (evicting the other in turn)
     assert analyse(page, 90).metric[0].value == "6"
+    assert [e.path.read_bytes() for e in cachebudget.entries()] == [data]
 
 
 def test_a_broken_upload_gets_a_sentence(page):
