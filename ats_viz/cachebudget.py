@@ -2,8 +2,9 @@
 within $ATS_VIZ_CACHE_GB gigabytes (default 20), the least recently used going first.
 
 An entry is one thing the app writes and can make again: an unpacked upload
-(``uploads/<digest>``), an uploaded labels CSV or video (``uploads/labels-<digest>.csv``,
-``uploads/video-<digest>.<ext>``), the bundled held-out set (``heldout-*``) or one file of cached sweep results (``sweeps/<digest>.json``).
+(``uploads/<digest>``), an uploaded file kept as it came (``uploads/<kind>-<digest>.<ext>``: a
+labels CSV, a video), the bundled held-out set (``heldout-*``) or one file of cached sweep
+results (``sweeps/<digest>.json``).
 Nothing else under the cache folder is counted or removed, so a cache folder that also holds
 other files never loses them. Sizes are counted in 4 KiB blocks, as a disk holds files.
 
@@ -35,7 +36,7 @@ ENV = "ATS_VIZ_CACHE_GB"
 DEFAULT_GB = 20.0
 BLOCK = 4096
 
-_UPLOAD = re.compile(r"[0-9a-f]{24}|(labels|video)-[0-9a-f]{24}\.[a-z0-9]+")
+_UPLOAD = re.compile(r"[0-9a-f]{24}|[a-z]+-[0-9a-f]{24}\.[a-z0-9]+")  # data.extract_zip, data.keep_upload
 _SWEEP = re.compile(r"[0-9a-f]{40}\.json")
 _HELDOUT = re.compile(r"heldout-[^/]+")
 

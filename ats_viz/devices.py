@@ -1,4 +1,5 @@
-"""Devices and precisions: which device a run may use, what it runs inside, and how it is named.
+"""Devices and precisions: which device a run may use, what it runs inside, how it is named, and
+how host arrays reach it.
 
 Every number this project measures (a sweep's results, a timing) is written with the device
 it came from, and one description serves them all (``describe``), so that a results folder
@@ -13,6 +14,7 @@ import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -79,3 +81,10 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return ""
+
+
+def from_host(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array as a tensor on ``device``, not waiting for the copy where that is safe: on CUDA,
+    which stages a pageable array before the call returns (so a temporary may go); not on Apple's
+    MPS, whose asynchronous copy from a temporary host array is not safe."""
+    return torch.from_numpy(array).to(device, non_blocking=device.type == "cuda")

@@ -26,6 +26,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .devices import from_host
 from .errors import InputError
 from .flops import full_gflops, gflops
 from .methods import Reducer, Selection, StageInput, Where, get
@@ -267,15 +268,12 @@ def _padded_layout(counts: list[int], npre: int, device: torch.device) -> tuple[
     forward's work from the stream, so the copies add no wait of their own."""
     width = max(counts)
     kept = np.asarray(counts, dtype=np.int64)  # indices are int64 wherever NumPy's default int is not
-    # Not on Apple's MPS, whose asynchronous copy from a temporary host array is not safe.
-    non_blocking = device.type == "cuda"
-    valid = torch.from_numpy(np.arange(width) < kept[:, None]).to(device, non_blocking=non_blocking)
+    valid = from_host(np.arange(width) < kept[:, None], device)
     if kept.min() == width:
         return None, valid
     lens = kept + npre
     starts = np.repeat(np.arange(len(lens)) * (npre + width) - (np.cumsum(lens) - lens), lens)
-    rows = torch.from_numpy(starts + np.arange(lens.sum())).to(device, non_blocking=non_blocking)
-    return rows, valid
+    return from_host(starts + np.arange(lens.sum()), device), valid
 
 
 def _attention_inputs(blk: Block, x: Tensor, rows: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
@@ -354,8 +352,8 @@ def _block(net: VisionTransformer, index: int, state: TokenState, config: ATSCon
     if where is not Where.NOWHERE:
         # One image: ATS reads its scores back in place of its count and samples in NumPy, a few
         # host operations for the batched path's ~60 (each a dispatch on the CPU, a kernel launch
-        # on a GPU); compiled too, the pick run outside the graph. Not on Apple's MPS, whose
-        # asynchronous copy from a temporary host array is not safe.
+        # on a GPU); compiled too, the pick run outside the graph. Not on Apple's MPS, which has no
+        # float64 for the CDF the NumPy pick cumulates: there one image picks as its batch does.
         single = x.shape[0] == 1 and mask is None and x.device.type in ("cpu", "cuda")
         inp = StageInput(index, len(net.blocks), q, k, v, attn.scale, mask, state.valid, state.pos, state.size, npre,
                          state.num_patches, single, state.traced)

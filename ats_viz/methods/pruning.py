@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import ats
+from ..devices import from_host
 from ..errors import InputError
 from .base import Option, Param, Reducer, Selection, StageInput, Value, Where, number, per_stage_text, per_stage_values
 
@@ -68,8 +69,7 @@ _K_HELP = "'all' (every patch of the input), a count (98), a fraction (0.5) or o
 def _pick_one(scores: Tensor, k: int) -> Tensor:
     """ATS's choice for one image (1 x P scores), sampled on the host: the kept indices, ascending."""
     picked = ats.ats_pick(scores[0].cpu().numpy(), k)  # the stage's one read-back
-    # Not waiting for the copy: the stream orders it before the kernels that read it.
-    return torch.from_numpy(picked).to(scores.device, non_blocking=True)
+    return from_host(picked, scores.device)  # the stream orders the copy before the kernels that read it
 
 
 def _in_order(scores: Tensor | None, order: Tensor, inp: StageInput) -> Selection:
