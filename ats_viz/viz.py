@@ -176,14 +176,25 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
 
 # ---------------------------------------------------------------------------- videos
 
-MAX_CHANGE_LABELS = 8  # more class names than this over one clip's width overlap into a smear
+LABEL_GAP = 1 / 8  # of the clip's span, between two written class names: closer, they overlap into a smear
+
+
+def _spaced(times: list[float], gap: float) -> list[int]:
+    """The indices of the times to label: the first, then each one at least ``gap`` after the last
+    labelled, so that no two labels overlap however the changes cluster."""
+    kept: list[int] = []
+    for i, t in enumerate(times):
+        if not kept or t - times[kept[-1]] >= gap:
+            kept.append(i)
+    return kept
 
 
 def timeline_figure(result: VideoResult) -> go.Figure:
     """Patch tokens after the last block and GFLOPs per frame over time; top-1 changes marked.
 
-    Every change is a red marker naming the new class on hover; at most ``MAX_CHANGE_LABELS``
-    of them, spread over the clip, also get a line and a written label.
+    Every change is a red marker naming the new class on hover; those at least ``LABEL_GAP`` of the
+    clip after the previous labelled one also get a line and a written label: a burst of changes
+    gets one.
     """
     rows = result.rows
     t = [r.time_s for r in rows]
@@ -204,7 +215,7 @@ def timeline_figure(result: VideoResult) -> go.Figure:
         customdata=[[r.frame, r.confidence] for r in changes],
         hovertemplate="frame %{customdata[0]}: top-1 changes to <b>%{text}</b> (%{customdata[1]:.0%})"
                       "<extra></extra>"), row=1, col=1)
-    labelled = sorted({round(i) for i in np.linspace(0, len(changes) - 1, min(len(changes), MAX_CHANGE_LABELS))})
+    labelled = _spaced([r.time_s for r in changes], (t[-1] - t[0]) * LABEL_GAP if t else 0.0)
     for r in (changes[i] for i in labelled):
         fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=1, col=1,
                       annotation_text=r.top1, annotation_position="top right", annotation_font_color="crimson")

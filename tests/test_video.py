@@ -275,13 +275,33 @@ def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
     fig = viz.timeline_figure(result)
     marks = fig.data[2]
     assert list(marks.x) == [r.time_s for r in changes] and list(marks.text) == [r.top1 for r in changes]
-    labels = [a.text for a in fig.layout.annotations if a.font.color == "crimson"]
-    assert 1 < len(labels) <= viz.MAX_CHANGE_LABELS
-    assert labels[0] == changes[0].top1 and labels[-1] == changes[-1].top1  # the spread spans the clip
-    assert "hover" in fig.layout.title.text
+    labels = [a for a in fig.layout.annotations if a.font.color == "crimson"]
+    gap = (rows[-1].time_s - rows[0].time_s) * viz.LABEL_GAP
+    assert 1 < len(labels) <= 1 + 1 / viz.LABEL_GAP
+    assert labels[0].text == changes[0].top1 and changes[-1].time_s - labels[-1].x < gap  # they span the clip
+    assert all(b.x - a.x >= gap for a, b in zip(labels, labels[1:]))  # a label's width apart: no overlap
+    assert f"32 top-1 changes: {len(labels)} labelled" in fig.layout.title.text and "hover" in fig.layout.title.text
 
     few = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows[:6]])
     fig = viz.timeline_figure(few)
     assert [a.text for a in fig.layout.annotations if a.font.color == "crimson"] == \
         [r.top1 for r in rows[:6] if r.class_changed]  # few changes: every one written
     assert fig.layout.title.text is None
+
+
+def test_a_burst_of_top1_changes_gets_one_label_so_the_names_do_not_overlap():
+    """The sample clip's shape: four changes within half a second, then two far apart, over 6 s.
+    Labelled by count alone, the four names were written over each other."""
+    top1 = ["star"] + ["triangle", "star"] * 3 + ["star"] * 10 + ["triangle"] * 10 + ["hexagon"] * 48
+    rows = [video.FrameRow(frame=i, time_s=i / 12, stage_tokens=(100,), final_tokens=20, gflops=0.2,
+                           full_gflops=0.375, top1=top1[i], top1_index=synthetic.CLASSES.index(top1[i]),
+                           confidence=0.5, class_changed=i > 0 and top1[i] != top1[i - 1])
+            for i in range(72)]
+    info = video.VideoInfo(None, 224, 224, 12.0, 72, "mp4v")
+    fig = viz.timeline_figure(video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows]))
+    changes = [r for r in rows if r.class_changed]
+    assert len(changes) == 8 and len(fig.data[2].x) == 8  # every change keeps its marker
+    labels = [(a.x, a.text) for a in fig.layout.annotations if a.font.color == "crimson"]
+    assert labels == [(changes[0].time_s, "triangle"), (changes[-2].time_s, "triangle"),
+                      (changes[-1].time_s, "hexagon")]
+    assert fig.layout.title.text.startswith("8 top-1 changes: 3 labelled")
