@@ -66,6 +66,10 @@ def test_tokens_by_objects_reads_each_scenes_count_and_only_where_every_image_ha
     assert list(viz.objects_per_image(table)) == [drawn[name] for name in table["image"]]
     box = viz.tokens_by_figure(table, ATSConfig().id, "objects").data[0]
     assert list(box.x) == [drawn[name] for name in table["image"]] and list(box.y) == list(table["tokens_final"])
+    # by class, the classes stand in the model's order (as in the accuracy by class), not the files'
+    by_class = viz.tokens_by_figure(table.iloc[::-1], ATSConfig().id, "class")
+    assert len(set(table["target"])) > 1
+    assert list(by_class.layout.xaxis.categoryarray) == [model.class_names[t] for t in sorted(set(table["target"]))]
     # one image named by someone else: no count is guessed, so the page draws no such figure
     assert viz.objects_per_image(table.assign(image=["holiday.png", *table["image"][1:]])) is None
 
