@@ -157,20 +157,21 @@ def topk(logits: torch.Tensor, class_names: Sequence[str], k: int = 5) -> list[t
 
 def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: Sequence[float],
                    full_gflops: float, x_title: str = "setting") -> go.Figure:
-    """GFLOPs (bars, left axis) and top-1 confidence (line, right axis) per setting."""
-    fig = go.Figure()
+    """GFLOPs (above, the full model's as a line) and top-1 confidence (below) per setting: two
+    panels, not two axes on one, where the full model's line and the confidence line crossed."""
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
+                        subplot_titles=("GFLOPs", "top-1 confidence"))
     fig.add_trace(go.Bar(x=list(labels), y=list(gflops), name="GFLOPs", marker_color="rgb(230,149,0)",
-                         hovertemplate="%{x}<br>%{y:.3f} GFLOPs<extra></extra>"))
-    fig.add_trace(go.Scatter(x=list(labels), y=list(confidence), name="top-1 confidence", yaxis="y2",
-                             mode="lines+markers", line=dict(color="rgb(40,90,200)"),
-                             hovertemplate="%{x}<br>top-1 confidence %{y:.1%}<extra></extra>"))
-    fig.add_hline(y=full_gflops, line_dash="dot", annotation_text="full model", line_color="gray")
-    fig.update_layout(
-        title="GFLOPs and top-1 confidence", height=340, xaxis=dict(title=x_title, type="category"),
-        yaxis=dict(title="GFLOPs", rangemode="tozero"),
-        yaxis2=dict(title="confidence", overlaying="y", side="right", range=[0, 1], tickformat=".0%"),
-        legend=dict(orientation="h", y=-0.25), margin=dict(l=10, r=10, t=40, b=10),
-    )
+                         hovertemplate="%{x}<br>%{y:.3f} GFLOPs<extra></extra>"), row=1, col=1)
+    fig.add_trace(go.Bar(x=list(labels), y=list(confidence), name="top-1 confidence", marker_color="rgb(40,90,200)",
+                         text=[f"{c:.1%}" for c in confidence], textposition="inside",
+                         hovertemplate="%{x}<br>top-1 confidence %{y:.1%}<extra></extra>"), row=2, col=1)
+    fig.add_hline(y=full_gflops, line_dash="dot", annotation_text="full model", line_color="gray", row=1, col=1)
+    fig.update_yaxes(rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(range=[0, 1], tickformat=".0%", row=2, col=1)
+    fig.update_xaxes(type="category")
+    fig.update_xaxes(title_text=x_title, row=2, col=1)
+    fig.update_layout(height=420, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

@@ -189,6 +189,13 @@ def test_compare_ladder_columns_match_the_library(monkeypatch, model):
         assert tokens[i] == f"{int(res.patch_counts[0, -1])} / 196"
         assert gflops[i] == f"{float(res.gflops[0]):.3f}"
     assert len(at.get("plotly_chart")) == 2
+    # The chart: each setting's GFLOPs above, the full model's as a line there, its confidence below
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    bars, conf = chart["data"]
+    assert [f"{g:.3f}" for g in bars["y"]] == gflops and bars["yaxis"] == "y"
+    assert conf["yaxis"] == "y2" and conf["text"] == [m.delta for m in at.metric if m.label == "Top-1"]
+    line = next(s for s in chart["layout"]["shapes"] if s["type"] == "line")
+    assert line["yref"] == "y" and line["y0"] == pytest.approx(model.card["heldout"]["gflops_full"])
     at.text_input(key="compare_ladder_ats").set_value("all, 0").run()
     assert "K must be at least 2 (got 0)" in at.error[0].value
 
