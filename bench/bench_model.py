@@ -6,7 +6,9 @@ ATS at K = all (GFLOPs saved, gap to full), how much ATS's K ladder moves the co
 each method's ladder has a knee (its dearest setting within 1 point of full, its cheapest at
 least 5 points below with disjoint 95% Wilson intervals), how the methods rank at equal cost
 (each method's top-1 interpolated along its own curve at the GFLOPs of ATS's ladder), and how
-ATS's per-image token count follows the number of objects in the scene.
+ATS's per-image token count follows the number of objects in the scene; and by which block the
+class token has its answer (top-1 with only 2 random patch tokens left from block b on): from
+there on, any token budget is nearly free.
 
 Usage (from the repository root; the package need not be installed):
     python -m bench.bench_model                         # 2,000 scenes of a fresh seed, shipped model
@@ -30,6 +32,7 @@ from ats_viz.data import load_dataset
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.methods import METHODS, parse_ladder
 from ats_viz.models import load_model
+from ats_viz.setting import ATSConfig
 from ats_viz.stats import summarize, wilson
 
 
@@ -55,6 +58,9 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_sweep(model, dataset, settings, batch=50, cache=None)
         minutes = (time.perf_counter() - t0) / 60
+        blocks = range(1, len(model.net.blocks))
+        probes = [ATSConfig(method="random", stages=(b,), k=2) for b in blocks]
+        probe = run_sweep(model, dataset, probes, batch=50, cache=None).summary().set_index("setting")
     per_image = result.per_image()
     summary = summarize(per_image, result.full_gflops).set_index("setting").loc[[cfg.id for cfg in settings]]
     n = len(dataset.items)
@@ -133,6 +139,12 @@ def main() -> None:
     print("Spearman correlation of ATS's final tokens with the label's kind: its objects "
           f"{spearman(rows.lead, rows.tokens_final):.2f}, their area {spearman(rows.lead_area, rows.tokens_final):.2f}; "
           f"with the objects of other kinds {spearman(rows.others, rows.tokens_final):.2f}")
+
+
+    print("\nWhen the class token has its answer: top-1 with only 2 random patch tokens left from block b on "
+          f"(full {full.top1:.1%}):\n")
+    print("| b | " + " | ".join(str(b) for b in blocks) + " |\n|---|" + "---|" * len(blocks))
+    print("| top-1 | " + " | ".join(f"{probe.loc[cfg.id, 'top1']:.1%}" for cfg in probes) + " |")
 
 
 if __name__ == "__main__":
