@@ -5,6 +5,7 @@ frames and from the tables of dataset sweeps and timings. The overlays on the im
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -164,7 +165,7 @@ def compare_figure(labels: Sequence[str], gflops: Sequence[float], confidence: S
     fig.add_trace(go.Bar(x=list(labels), y=list(gflops), name="GFLOPs", marker_color="rgb(230,149,0)",
                          hovertemplate="%{x}<br>%{y:.3f} GFLOPs<extra></extra>"), row=1, col=1)
     fig.add_trace(go.Bar(x=list(labels), y=list(confidence), name="top-1 confidence", marker_color="rgb(40,90,200)",
-                         text=[f"{c:.1%}" for c in confidence], textposition="inside",
+                         text=[f"{c:.1%}" for c in confidence], textposition="auto",
                          hovertemplate="%{x}<br>top-1 confidence %{y:.1%}<extra></extra>"), row=2, col=1)
     fig.add_hline(y=full_gflops, line_dash="dot", annotation_text="full model", line_color="gray", row=1, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
@@ -181,21 +182,22 @@ LABEL_GAP = 1 / 8  # of the clip's span, between two written class names: closer
 
 
 def _spaced(times: list[float], gap: float) -> list[int]:
-    """The indices of the times to label: the first, then each one at least ``gap`` after the last
-    labelled, so that no two labels overlap however the changes cluster."""
+    """The indices of the times to label, ascending: the last, then back in time each one at least
+    ``gap`` before the one labelled after it, so that no two labels overlap however the changes
+    cluster, and a burst is named by its last change: the class that stays."""
     kept: list[int] = []
-    for i, t in enumerate(times):
-        if not kept or t - times[kept[-1]] >= gap:
+    for i in reversed(range(len(times))):
+        if not kept or times[kept[-1]] - times[i] >= gap:
             kept.append(i)
-    return kept
+    return kept[::-1]
 
 
 def timeline_figure(result: VideoResult) -> go.Figure:
     """Patch tokens after the last block and GFLOPs per frame over time; top-1 changes marked.
 
     Every change is a red marker naming the new class on hover; those at least ``LABEL_GAP`` of the
-    clip after the previous labelled one also get a line and a written label: a burst of changes
-    gets one.
+    clip before the next labelled one also get a line and a written label: a burst of changes gets
+    one, naming the class it settles on.
     """
     rows = result.rows
     t = [r.time_s for r in rows]
@@ -216,7 +218,8 @@ def timeline_figure(result: VideoResult) -> go.Figure:
         customdata=[[r.frame, r.confidence] for r in changes],
         hovertemplate="frame %{customdata[0]}: top-1 changes to <b>%{text}</b> (%{customdata[1]:.0%})"
                       "<extra></extra>"), row=1, col=1)
-    labelled = _spaced([r.time_s for r in changes], (t[-1] - t[0]) * LABEL_GAP if t else 0.0)
+    span = t[-1] - t[0] if t else 0.0
+    labelled = _spaced([r.time_s for r in changes], span * LABEL_GAP if span > 0 else math.inf)  # no span: one label
     for r in (changes[i] for i in labelled):
         fig.add_vline(x=r.time_s, line_dash="dot", line_color="crimson", row=1, col=1,
                       annotation_text=r.top1, annotation_position="top right", annotation_font_color="crimson")

@@ -8,7 +8,7 @@ least 5 points below with disjoint 95% Wilson intervals), how the methods rank a
 (each method's top-1 interpolated along its own curve at the GFLOPs of ATS's ladder), and how
 ATS's per-image token count follows the number of objects in the scene; and by which block the
 class token has its answer (top-1 with only 2 random patch tokens left from block b on): from
-there on, any token budget is nearly free.
+there on, dropping tokens costs little.
 
 Usage (from the repository root; the package need not be installed):
     python -m bench.bench_model                         # 2,000 scenes of a fresh seed, shipped model
@@ -142,7 +142,8 @@ def main() -> None:
 
 
     print("\nWhen the class token has its answer: top-1 with only 2 random patch tokens left from block b on "
-          f"(full {full.top1:.1%}):\n")
+          f"(full {full.top1:.1%}; blocks counted from 0, as stages are; the two positions are the random "
+          "baseline's, one draw per block, the same for every image):\n")
     print("| b | " + " | ".join(str(b) for b in blocks) + " |\n|---|" + "---|" * len(blocks))
     print("| top-1 | " + " | ".join(f"{probe.loc[cfg.id, 'top1']:.1%}" for cfg in probes) + " |")
 

@@ -1,6 +1,7 @@
 """Videos: frames read as asked, rows equal to the image path, exports readable, bad files refused."""
 
 import csv
+import dataclasses
 import io
 
 import cv2
@@ -278,8 +279,10 @@ def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
     labels = [a for a in fig.layout.annotations if a.font.color == "crimson"]
     gap = (rows[-1].time_s - rows[0].time_s) * viz.LABEL_GAP
     assert 1 < len(labels) <= 1 + 1 / viz.LABEL_GAP
-    assert labels[0].text == changes[0].top1 and changes[-1].time_s - labels[-1].x < gap  # they span the clip
+    assert (labels[-1].x, labels[-1].text) == (changes[-1].time_s, changes[-1].top1)  # the class the clip ends on
+    assert labels[0].x - changes[0].time_s < gap  # and back to its start
     assert all(b.x - a.x >= gap for a, b in zip(labels, labels[1:]))  # a label's width apart: no overlap
+    assert all(any(r.time_s == a.x and r.top1 == a.text for r in changes) for a in labels)  # each names a change
     assert f"32 top-1 changes: {len(labels)} labelled" in fig.layout.title.text and "hover" in fig.layout.title.text
 
     few = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows[:6]])
@@ -302,6 +305,11 @@ def test_a_burst_of_top1_changes_gets_one_label_so_the_names_do_not_overlap():
     changes = [r for r in rows if r.class_changed]
     assert len(changes) == 8 and len(fig.data[2].x) == 8  # every change keeps its marker
     labels = [(a.x, a.text) for a in fig.layout.annotations if a.font.color == "crimson"]
-    assert labels == [(changes[0].time_s, "triangle"), (changes[-2].time_s, "triangle"),
-                      (changes[-1].time_s, "hexagon")]
+    # the burst is named by the class it settles on (star, for most of a second), not its first change
+    assert labels == [(changes[-3].time_s, "star"), (changes[-2].time_s, "triangle"), (changes[-1].time_s, "hexagon")]
     assert fig.layout.title.text.startswith("8 top-1 changes: 3 labelled")
+
+    # frames that all carry one time (no span to spread labels over): one label, not a pile of them
+    still = [dataclasses.replace(r, time_s=0.0) for r in rows]
+    fig = viz.timeline_figure(video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in still]))
+    assert [a.text for a in fig.layout.annotations if a.font.color == "crimson"] == ["hexagon"]
