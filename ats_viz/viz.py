@@ -336,7 +336,8 @@ def tokens_by_figure(per_image: pd.DataFrame, setting: str, by: str = "class") -
     fig.update_layout(title=f"Patch tokens kept per image, by {axis}: {setting}", xaxis_title=axis,
                       yaxis_title="patch tokens after the last block", showlegend=False, margin=dict(t=40))
     if by == "class":  # in the model's class order, as the accuracy by class is (not the files' order)
-        fig.update_xaxes(categoryorder="array", categoryarray=list(g.sort_values("target", kind="stable")["label"].unique()))
+        order = g.sort_values("target", kind="stable")["label"].unique()
+        fig.update_xaxes(categoryorder="array", categoryarray=list(order))
     else:
         fig.update_xaxes(dtick=1)
     return fig

@@ -52,20 +52,21 @@ def main() -> None:
     model = load_model(args.model)
     ladders = {name: parse_ladder(name, m.param.ladder) for name, m in METHODS.items() if m.param is not None}
     settings = make_settings(ladders)
+    blocks = range(1, len(model.net.blocks))
+    probes = [ATSConfig(method="random", stages=(b,), k=2) for b in blocks]
     with tempfile.TemporaryDirectory() as tmp:
         folder = synthetic.write_imagefolder(Path(tmp) / "scenes", args.per_class, seed)
         dataset = load_dataset(folder, model.class_names)
         t0 = time.perf_counter()
-        result = run_sweep(model, dataset, settings, batch=50, cache=None)
+        result = run_sweep(model, dataset, [*settings, *probes], batch=50, cache=None)
         minutes = (time.perf_counter() - t0) / 60
-        blocks = range(1, len(model.net.blocks))
-        probes = [ATSConfig(method="random", stages=(b,), k=2) for b in blocks]
-        probe = run_sweep(model, dataset, probes, batch=50, cache=None).summary().set_index("setting")
     per_image = result.per_image()
-    summary = summarize(per_image, result.full_gflops).set_index("setting").loc[[cfg.id for cfg in settings]]
+    table = summarize(per_image, result.full_gflops).set_index("setting")
+    summary = table.loc[[cfg.id for cfg in settings]]
     n = len(dataset.items)
     print(f"{model.name} ({model.card.get('name', '?')}), {n:,} scenes of seed {seed} (1 to "
-          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings, {minutes:.1f} min, torch {torch.__version__}\n")
+          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings and {len(probes)} probes, {minutes:.1f} min, "
+          f"torch {torch.__version__}\n")
     print("| setting | top-1 (95% CI) | mean GFLOPs | saved | final patch tokens |")
     print("|---|---|---|---|---|")
     for setting, r in summary.iterrows():
@@ -140,12 +141,11 @@ def main() -> None:
           f"{spearman(rows.lead, rows.tokens_final):.2f}, their area {spearman(rows.lead_area, rows.tokens_final):.2f}; "
           f"with the objects of other kinds {spearman(rows.others, rows.tokens_final):.2f}")
 
-
     print("\nWhen the class token has its answer: top-1 with only 2 random patch tokens left from block b on "
           f"(full {full.top1:.1%}; blocks counted from 0, as stages are; the two positions are the random "
           "baseline's, one draw per block, the same for every image):\n")
     print("| b | " + " | ".join(str(b) for b in blocks) + " |\n|---|" + "---|" * len(blocks))
-    print("| top-1 | " + " | ".join(f"{probe.loc[cfg.id, 'top1']:.1%}" for cfg in probes) + " |")
+    print("| top-1 | " + " | ".join(f"{table.loc[cfg.id, 'top1']:.1%}" for cfg in probes) + " |")
 
 
 if __name__ == "__main__":
