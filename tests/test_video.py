@@ -262,15 +262,23 @@ def test_outputs_are_checked_before_the_model_loads_or_a_frame_is_read(clip, tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "ro"]
 
 
+def _timeline_rows(top1: list[str], fps: float) -> list[video.FrameRow]:
+    """Frame rows of a clip whose top-1 runs through ``top1``, one frame each at ``fps``."""
+    return [video.FrameRow(frame=i, time_s=i / fps, stage_tokens=(100,), final_tokens=100 - i, gflops=0.2,
+                           full_gflops=0.375, top1=name, top1_index=synthetic.CLASSES.index(name),
+                           confidence=0.5, class_changed=i > 0 and name != top1[i - 1])
+            for i, name in enumerate(top1)]
+
+
+def _timeline(rows: list[video.FrameRow], fps: float) -> video.VideoResult:
+    info = video.VideoInfo(None, 224, 224, fps, len(rows), "mp4v")
+    return video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows])
+
+
 def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
     """32 top-1 changes in 6 s (the issue's clip): written out, the names overlap into a red smear."""
-    top1 = [synthetic.CLASSES[(i + 1) // 2 % 10] for i in range(64)]  # a new class every other frame
-    rows = [video.FrameRow(frame=i, time_s=i * 6 / 64, stage_tokens=(100,), final_tokens=100 - i, gflops=0.2,
-                           full_gflops=0.375, top1=top1[i], top1_index=synthetic.CLASSES.index(top1[i]),
-                           confidence=0.5, class_changed=i > 0 and top1[i] != top1[i - 1])
-            for i in range(64)]
-    info = video.VideoInfo(None, 224, 224, 64 / 6, 64, "mp4v")
-    result = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows])
+    rows = _timeline_rows([synthetic.CLASSES[(i + 1) // 2 % 10] for i in range(64)], 64 / 6)  # new every other frame
+    result = _timeline(rows, 64 / 6)
     changes = [r for r in rows if r.class_changed]
     assert len(changes) == 32
     fig = viz.timeline_figure(result)
@@ -285,8 +293,7 @@ def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
     assert all(any(r.time_s == a.x and r.top1 == a.text for r in changes) for a in labels)  # each names a change
     assert f"32 top-1 changes: {len(labels)} labelled" in fig.layout.title.text and "hover" in fig.layout.title.text
 
-    few = video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows[:6]])
-    fig = viz.timeline_figure(few)
+    fig = viz.timeline_figure(_timeline(rows[:6], 64 / 6))
     assert [a.text for a in fig.layout.annotations if a.font.color == "crimson"] == \
         [r.top1 for r in rows[:6] if r.class_changed]  # few changes: every one written
     assert fig.layout.title.text is None
@@ -295,13 +302,8 @@ def test_a_flickering_top1_is_labelled_sparsely_and_named_in_full_on_hover():
 def test_a_burst_of_top1_changes_gets_one_label_so_the_names_do_not_overlap():
     """The sample clip's shape: four changes within half a second, then two far apart, over 6 s.
     Labelled by count alone, the four names were written over each other."""
-    top1 = ["star"] + ["triangle", "star"] * 3 + ["star"] * 10 + ["triangle"] * 10 + ["hexagon"] * 48
-    rows = [video.FrameRow(frame=i, time_s=i / 12, stage_tokens=(100,), final_tokens=20, gflops=0.2,
-                           full_gflops=0.375, top1=top1[i], top1_index=synthetic.CLASSES.index(top1[i]),
-                           confidence=0.5, class_changed=i > 0 and top1[i] != top1[i - 1])
-            for i in range(72)]
-    info = video.VideoInfo(None, 224, 224, 12.0, 72, "mp4v")
-    fig = viz.timeline_figure(video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in rows]))
+    rows = _timeline_rows(["star"] + ["triangle", "star"] * 3 + ["star"] * 10 + ["triangle"] * 10 + ["hexagon"] * 48, 12)
+    fig = viz.timeline_figure(_timeline(rows, 12))
     changes = [r for r in rows if r.class_changed]
     assert len(changes) == 8 and len(fig.data[2].x) == 8  # every change keeps its marker
     labels = [(a.x, a.text) for a in fig.layout.annotations if a.font.color == "crimson"]
@@ -311,5 +313,5 @@ def test_a_burst_of_top1_changes_gets_one_label_so_the_names_do_not_overlap():
 
     # frames that all carry one time (no span to spread labels over): one label, not a pile of them
     still = [dataclasses.replace(r, time_s=0.0) for r in rows]
-    fig = viz.timeline_figure(video.VideoResult(info, 1, CONFIG, [video.FrameResult(r, None, b"") for r in still]))
+    fig = viz.timeline_figure(_timeline(still, 12))
     assert [a.text for a in fig.layout.annotations if a.font.color == "crimson"] == ["hexagon"]
