@@ -38,10 +38,16 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from .arch import build
+    from .devices import check_device
     from .models import ASSETS
-    from .train import Recipe, heldout_metrics, load_weights, rescore, shapes_spec, train, write_checkpoint
+    from .train import (Recipe, default_workers, heldout_metrics, load_weights, rescore, shapes_spec, train,
+                        write_checkpoint)
 
     torch.set_num_threads(args.threads)
+    device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 0:
+        raise InputError(f"The number of workers drawing scenes must be 0 or more (got {workers}).")
     out = Path(args.out) if args.out else ASSETS
     spec = shapes_spec(args.width, args.depth, args.heads)
     command = "python -m ats_viz " + " ".join(sys.argv[1:])
@@ -53,13 +59,13 @@ def _train(args: argparse.Namespace) -> None:
         return
     plain = Recipe(steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, seed=args.seed,
                    drop_path=args.drop_path)
-    net = build(spec)
+    net = build(spec).to(device)  # initialised on the CPU: every device starts from the same weights
     if args.resume:
         load_weights(net, Path(args.resume))
         log(f"starting from {args.resume}")
     else:
         start = time.monotonic()
-        done = train(net, plain, log=log, stop_after_s=args.max_minutes * 60)
+        done = train(net, plain, log=log, stop_after_s=args.max_minutes * 60, workers=workers)
         minutes = (time.monotonic() - start) / 60
         metrics = heldout_metrics(net, args.eval_per_class)
         log(f"plain: {metrics}")
@@ -69,7 +75,7 @@ def _train(args: argparse.Namespace) -> None:
         tuned = Recipe(steps=args.ats_steps, batch=args.batch, lr=args.lr * 0.2, warmup=20,
                        seed=args.seed + 1, ats=True, curriculum=0.0)
         start = time.monotonic()
-        done = train(net, tuned, log=log)
+        done = train(net, tuned, log=log, workers=workers)
         minutes = (time.monotonic() - start) / 60
         metrics = heldout_metrics(net, args.eval_per_class)
         log(f"ats-tuned: {metrics}")
@@ -360,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-per-class", type=int, help="held-out images per class to score (default: all of the bundled set)")
     p.add_argument("--max-minutes", type=float, default=70.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", help="cpu or cuda (default: cuda where there is a GPU; the same batches and "
+                   "initial weights either way)")
+    p.add_argument("--workers", type=int, help="processes drawing the scenes "
+                   "(default: the cores but one, at most 8; the weights do not depend on it)")
     p.add_argument("--resume", help="skip plain training and start from these weights")
     p.add_argument("--rescore", action="store_true", help="train nothing: score the checkpoints NAME and "
                    "NAME-ats in --out on the bundled held-out set as it is now and rewrite their cards")

@@ -1,14 +1,18 @@
-"""Training the embedded model on the synthetic scenes, reproducibly, on the CPU.
+"""Training the embedded model on the synthetic scenes, reproducibly, on the CPU or a GPU.
 
 Two modes, as in the paper: train the plain ViT ("plug and play": ATS added afterwards),
 then fine-tune the same weights with ATS active (gradients flow through the kept rows).
-Everything is seeded: the same command gives the same weights on the same machine.
+Everything is seeded: the same command gives the same weights on the same machine, whatever
+the number of processes drawing scenes; on a GPU it starts from the same weights and trains on
+the same batches with the same branches dropped, so it differs from the CPU's run only by float
+rounding (whose differences grow over the steps).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -19,12 +23,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from . import synthetic
 from .arch import MEAN, STD, ModelSpec, build
+from .devices import describe
 from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED
 from .setting import FULL, ATSConfig
 from .vit import run_ats
@@ -61,15 +65,45 @@ class _Batches(torch.utils.data.IterableDataset):
         self.recipe, self.start = recipe, start
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        torch.set_num_threads(1)
         r = self.recipe
-        for step in range(self.start, r.steps):
+        # With several workers, worker i draws steps i, i + n, ...: the loader takes one batch from
+        # each worker in turn, so the steps arrive in order, the same batches for any n.
+        info = torch.utils.data.get_worker_info()
+        first, every = (info.id, info.num_workers) if info is not None else (0, 1)
+        if info is not None:
+            torch.set_num_threads(1)  # a worker's tensors are small; the cores are the training loop's
+        for step in range(self.start + first, r.steps, every):
             ramp = min(1.0, step / max(1, r.curriculum * r.steps))
             # clutter and crowds ramp in: scenes of one or two objects first, up to the full eight
             clutter, most = 0.3 + 0.7 * ramp, 2 + round((synthetic.MAX_OBJECTS - 2) * ramp)
             items = [synthetic.sample((r.seed, step, j, 0), clutter=clutter, max_objects=most)
                      for j in range(r.batch)]
             yield to_tensor(np.stack([i for i, _ in items])), torch.tensor([l for _, l in items])
+
+
+def default_workers() -> int:
+    """Processes drawing scenes: every core but the training loop's, at most 8 (on a GPU, drawing
+    scenes is what takes the time; 2 cores: one, as the loop needs the other)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(8, cores - 1))
+
+
+class _HostDropPath(nn.Module):
+    """timm's DropPath, its mask drawn on the CPU from torch's global generator (where timm draws
+    it for a CPU batch, in the same order), then moved to the batch's device: the CPU trains what
+    it did with timm's, and a GPU drops the same branches of the same images, where its own
+    generator would drop others."""
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1 - self.rate
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
+        return x * mask.to(x.device)
 
 
 @contextmanager
@@ -81,7 +115,7 @@ def _stochastic_depth(net: VisionTransformer, rate: float) -> Iterator[None]:
     for i, blk in enumerate(net.blocks):
         p = rate * i / max(1, depth - 1)
         if p > 0:
-            blk.drop_path1, blk.drop_path2 = DropPath(p), DropPath(p)
+            blk.drop_path1, blk.drop_path2 = _HostDropPath(p), _HostDropPath(p)
     try:
         yield
     finally:
@@ -91,11 +125,13 @@ def _stochastic_depth(net: VisionTransformer, rate: float) -> Iterator[None]:
 
 @torch.enable_grad()  # a caller's no_grad must not silently train nothing
 def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = print,
-          stop_after_s: float | None = None) -> int:
-    """Train ``net`` in place with AdamW, warmup and cosine decay; leave it in eval mode.
+          stop_after_s: float | None = None, workers: int = 1) -> int:
+    """Train ``net`` in place, on the device it is on, with AdamW, warmup and cosine decay; leave
+    it in eval mode. ``workers`` processes draw the scenes (the result does not depend on how many).
 
     Returns the steps done: fewer than ``recipe.steps`` when ``stop_after_s`` ran out first.
     """
+    device = next(net.parameters()).device
     torch.manual_seed(recipe.seed)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
     no_decay = [p for n, p in net.named_parameters() if not (p.ndim > 1 and "pos_embed" not in n and "token" not in n)]
@@ -108,12 +144,14 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
         t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
         return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    loader = torch.utils.data.DataLoader(_Batches(recipe, 0), batch_size=None, num_workers=1)
+    loader = torch.utils.data.DataLoader(_Batches(recipe, 0), batch_size=None, num_workers=workers,
+                                         pin_memory=device.type == "cuda")
     config = ATSConfig() if recipe.ats else FULL
     net.train()
     t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
     with _stochastic_depth(net, recipe.drop_path):
         for step, (x, y) in enumerate(loader):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
             logits = run_ats(net, x, config).logits if recipe.ats else net(x)
@@ -122,12 +160,14 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
+            # Summed on the device, read at a log line: a GPU does not wait for the host every step.
             seen += len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            loss_sum += float(loss.detach()) * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            loss_sum += loss.detach() * len(y)
             if (step + 1) % 50 == 0 or step + 1 == recipe.steps:
                 el = time.time() - t0
-                log(f"step {step + 1}/{recipe.steps}  loss {loss_sum / seen:.3f}  train acc {correct / seen:.3f}  "
+                log(f"step {step + 1}/{recipe.steps}  loss {float(loss_sum) / seen:.3f}  "
+                    f"train acc {int(correct) / seen:.3f}  "
                     f"lr {lr_at(step):.2e}  {(step + 1) * recipe.batch / el:.1f} img/s  {el / 60:.1f} min")
                 seen, correct, loss_sum = 0, 0, 0.0
             if stop_after_s is not None and time.time() - t0 > stop_after_s:
@@ -157,14 +197,15 @@ def heldout_metrics(net: VisionTransformer, per_class: int | None = None,
     from .stats import wilson
 
     net.eval()
+    device = next(net.parameters()).device
     hits = {"full": 0, "ats": 0}
     flops = {"full": 0.0, "ats": 0.0}
     n, first, last = 0, 0, 0
     by_objects: dict[int, list[float]] = {}
     for x, y, objects in heldout_batches(per_class or HELDOUT_PER_CLASS, seed):
         for key, cfg in (("full", FULL), ("ats", ATSConfig())):
-            res = run_ats(net, x, cfg)
-            hits[key] += int((res.logits.argmax(1) == y).sum())
+            res = run_ats(net, x.to(device), cfg)
+            hits[key] += int((res.logits.argmax(1).cpu() == y).sum())
             flops[key] += float(res.gflops.sum())
             if res.stages:  # ATS's, the full model has none
                 first += int(res.patch_counts[:, res.stages[0].block + 1].sum())
@@ -193,7 +234,8 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
                      steps_done: int, minutes: float, command: str, metrics: dict[str, Any], note: str) -> Path:
     """Weights as safetensors plus a model card (JSON for the code, markdown for people)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
+    save_file({k: v.cpu().contiguous() for k, v in net.state_dict().items()}, str(out / f"{stem}.safetensors"))
+    where = describe(next(net.parameters()).device)
     write_card(out, {
         "name": stem,
         "architecture": asdict(spec),
@@ -204,7 +246,8 @@ def write_checkpoint(net: VisionTransformer, spec: ModelSpec, out: Path, stem: s
         "preprocessing": {"input_size": [3, spec.img_size, spec.img_size], "crop_pct": 1.0,
                           "mean": list(MEAN), "std": list(STD)},
         "training": {**asdict(recipe), "steps_done": steps_done, "minutes": round(minutes, 1),
-                     "threads": torch.get_num_threads(), "command": command},
+                     "threads": torch.get_num_threads(), "device": where.device, "device_name": where.name,
+                     "command": command},
         "heldout": metrics,
         "note": note,
     })
@@ -234,7 +277,9 @@ def write_card(out: Path, card: dict[str, Any]) -> None:
         f"- Training: `{recipe['command']}` ({recipe['steps_done']} steps of {recipe['batch']} fresh synthetic images"
         + (f", stopped by the time limit before the planned {recipe['steps']}"
            if recipe["steps_done"] < recipe["steps"] else "")
-        + f", {recipe['minutes']:.1f} minutes with {recipe['threads']} CPU threads"
+        + f", {recipe['minutes']:.1f} minutes "
+        + (f"on {recipe['device_name']}" if recipe.get("device", "cpu") != "cpu"
+           else f"with {recipe['threads']} CPU threads")
         + f"; AdamW lr {recipe['lr']:g}, warmup and cosine decay"
         + (f", stochastic depth {recipe['drop_path']:g}" if recipe.get("drop_path") else "")
         + f", seed {recipe['seed']}"

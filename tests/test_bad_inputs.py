@@ -957,6 +957,8 @@ FLAG_ROWS = [
     (["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--chunk", "0"],
      "chunk size must be at least 1 image"),
     (["evaluate", "--model", "{tmp}/missing.pth", "--arch", ARCH], "No checkpoint file at"),
+    (["train", "--out", "{tmp}/model", "--workers", "-1"], "number of workers drawing scenes must be 0 or more"),
+    (["train", "--out", "{tmp}/model", "--device", "tpu"], "'tpu' is not a device"),
     pytest.param(["evaluate", "--data", "{data}", "--k", "98", "--methods", "ats", "--out", "{tmp}/afile"], "",
                  id="evaluate-out-is-a-file"),
     # Outputs that cannot be written: refused before the model loads, never after the sweep or the frames.

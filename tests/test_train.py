@@ -15,7 +15,7 @@ from ats_viz import data
 from ats_viz.__main__ import main
 from ats_viz.data import heldout_folder, read_image
 from ats_viz.arch import ModelSpec, build
-from ats_viz.train import Recipe, _Batches, heldout_metrics, shapes_spec, train, write_checkpoint
+from ats_viz.train import Recipe, _Batches, _HostDropPath, heldout_metrics, shapes_spec, train, write_checkpoint
 
 
 def digest(folder):
@@ -120,7 +120,8 @@ def test_tiny_training_runs_saves_and_reloads(tmp_path):
     assert card["heldout"] == metrics
     text = (tmp_path / "tiny.md").read_text()
     assert f"top-1 {metrics['top1_ats']:.1%} ({lo:.1%} to {hi:.1%})" in text and "10 images, seed 5" in text
-    assert "2 steps of 4 fresh synthetic images, 0.2 minutes" in text and card["training"]["minutes"] == 0.2
+    assert "2 steps of 4 fresh synthetic images, 0.2 minutes with" in text and card["training"]["minutes"] == 0.2
+    assert card["training"]["device"] == "cpu" and f"with {torch.get_num_threads()} CPU threads" in text
     again = build(ModelSpec(**card["architecture"]))
     again.load_state_dict(load_file(str(path)))
     x = torch.randn(2, 3, 224, 224)
@@ -147,9 +148,7 @@ def test_training_with_ats_active_trains_the_reduced_model():
     net = build(shapes_spec(width=32, depth=4, heads=2))
     plain = copy.deepcopy(net)
     recipe = Recipe(steps=1, batch=8, warmup=1, seed=0, ats=True)
-    threads = torch.get_num_threads()
     x, y = next(iter(_Batches(recipe, 0)))  # the very batch train() draws at step 0
-    torch.set_num_threads(threads)  # _Batches sets one thread, meant for its worker process
 
     def loss(model):  # train()'s objective, in training mode (the stem's BatchNorm: batch statistics)
         model = copy.deepcopy(model).train()
@@ -182,3 +181,38 @@ def test_stochastic_depth_acts_while_training_and_leaves_the_model_as_built():
     assert all(type(b.drop_path1) is type(b.drop_path2) is torch.nn.Identity for b in net.blocks)
     trained, without = net.state_dict(), plain.state_dict()
     assert any(not torch.equal(trained[k], without[k]) for k in trained)
+
+
+def test_any_number_of_workers_draws_the_same_batches_and_trains_the_same_weights():
+    """Worker i draws steps i, i + n, ... and the loader takes one batch from each in turn, so 0, 1
+    or 3 processes drawing scenes train the same weights bit for bit (stochastic depth included):
+    a GPU machine drawing scenes in 8 processes trains on what the 2-core CPU trains on. A worker
+    drawing every step, or steps arriving out of order, trains other weights (Adam is order-bound)."""
+    recipe = Recipe(steps=3, batch=4, warmup=1, seed=0, drop_path=0.5)
+    threads = torch.get_num_threads()
+    weights = []
+    for workers in (0, 1, 3):
+        torch.manual_seed(0)
+        net = build(shapes_spec(width=32, depth=4, heads=2))
+        assert train(net, recipe, log=lambda s: None, workers=workers) == 3
+        assert torch.get_num_threads() == threads  # drawing in this process leaves its threads alone
+        weights.append(net.state_dict())
+    for other in weights[1:]:
+        assert all(torch.equal(weights[0][k], other[k]) for k in other)
+
+
+def test_stochastic_depth_drops_what_timms_drop_path_drops_on_the_cpu():
+    """The masks are drawn on the CPU as timm draws them for a CPU batch (so the shipped model's
+    command still trains the weights it trained), then moved to the batch's device, where a GPU's
+    own generator would drop other branches."""
+    from timm.layers import DropPath
+
+    x = torch.randn(16, 5, 8)
+    torch.manual_seed(3)
+    ours = _HostDropPath(0.3).train()(x)
+    torch.manual_seed(3)
+    theirs = DropPath(0.3).train()(x)
+    dropped = (ours == 0).all(dim=(1, 2))
+    assert torch.equal(ours, theirs) and 0 < int(dropped.sum()) < 16
+    assert torch.allclose(ours[~dropped], x[~dropped] / 0.7)  # the kept branches scaled by 1 / keep
+    assert torch.equal(_HostDropPath(0.3).eval()(x), x)
