@@ -366,10 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-per-class", type=int, help="held-out images per class to score (default: all of the bundled set)")
     p.add_argument("--max-minutes", type=float, default=70.0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", help="cpu or cuda (default: cuda where there is a GPU; the same batches and "
-                   "initial weights either way)")
-    p.add_argument("--workers", type=int, help="processes drawing the scenes "
-                   "(default: the cores but one, at most 8; the weights do not depend on it)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda where there is a GPU)")
+    p.add_argument("--workers", type=int, help="processes drawing the scenes (default: the cores but one, "
+                   "at least 1 and at most 8; the weights do not depend on it)")
     p.add_argument("--resume", help="skip plain training and start from these weights")
     p.add_argument("--rescore", action="store_true", help="train nothing: score the checkpoints NAME and "
                    "NAME-ats in --out on the bundled held-out set as it is now and rewrite their cards")

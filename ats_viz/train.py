@@ -3,9 +3,8 @@
 Two modes, as in the paper: train the plain ViT ("plug and play": ATS added afterwards),
 then fine-tune the same weights with ATS active (gradients flow through the kept rows).
 Everything is seeded: the same command gives the same weights on the same machine, whatever
-the number of processes drawing scenes; on a GPU it starts from the same weights and trains on
-the same batches with the same branches dropped, so it differs from the CPU's run only by float
-rounding (whose differences grow over the steps).
+the number of processes drawing scenes; on the machine's GPU it takes the CPU's steps up to float
+rounding (README, "Training").
 """
 
 from __future__ import annotations
@@ -59,10 +58,10 @@ class Recipe:
 
 
 class _Batches(torch.utils.data.IterableDataset):
-    """Fresh synthetic batches, a pure function of (seed, step): generated in a worker."""
+    """Fresh synthetic batches, a pure function of (seed, step), drawn by the loader's workers."""
 
-    def __init__(self, recipe: Recipe, start: int) -> None:
-        self.recipe, self.start = recipe, start
+    def __init__(self, recipe: Recipe) -> None:
+        self.recipe = recipe
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         r = self.recipe
@@ -72,7 +71,7 @@ class _Batches(torch.utils.data.IterableDataset):
         first, every = (info.id, info.num_workers) if info is not None else (0, 1)
         if info is not None:
             torch.set_num_threads(1)  # a worker's tensors are small; the cores are the training loop's
-        for step in range(self.start + first, r.steps, every):
+        for step in range(first, r.steps, every):
             ramp = min(1.0, step / max(1, r.curriculum * r.steps))
             # clutter and crowds ramp in: scenes of one or two objects first, up to the full eight
             clutter, most = 0.3 + 0.7 * ramp, 2 + round((synthetic.MAX_OBJECTS - 2) * ramp)
@@ -89,10 +88,11 @@ def default_workers() -> int:
 
 
 class _HostDropPath(nn.Module):
-    """timm's DropPath, its mask drawn on the CPU from torch's global generator (where timm draws
-    it for a CPU batch, in the same order), then moved to the batch's device: the CPU trains what
-    it did with timm's, and a GPU drops the same branches of the same images, where its own
-    generator would drop others."""
+    """timm's DropPath, its mask drawn on the CPU from torch's global generator as timm draws it
+    for a CPU batch, then moved to the batch's device: on the CPU it trains what timm's did, and
+    a GPU drops the branches a CPU run on the same host drops, where the GPU's own generator
+    would drop others. (The host's draws are its own: torch's CPU Bernoulli takes MKL's
+    generator on Intel CPUs and its own elsewhere.)"""
 
     def __init__(self, rate: float) -> None:
         super().__init__()
@@ -102,8 +102,12 @@ class _HostDropPath(nn.Module):
         if not self.training:
             return x
         keep = 1 - self.rate
-        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep).div_(keep)
-        return x * mask.to(x.device)
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        if keep > 0:  # as timm: a branch always dropped stays 0, not 0 / 0
+            mask.div_(keep)
+        # Not waiting: CUDA stages a pageable host tensor at once, so an asynchronous copy needs no
+        # synchronisation (a blocking one would wait for the GPU at every block).
+        return x * mask.to(x.device, non_blocking=True)
 
 
 @contextmanager
@@ -144,7 +148,7 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
         t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
         return recipe.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    loader = torch.utils.data.DataLoader(_Batches(recipe, 0), batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(_Batches(recipe), batch_size=None, num_workers=workers,
                                          pin_memory=device.type == "cuda")
     config = ATSConfig() if recipe.ats else FULL
     net.train()

@@ -171,15 +171,17 @@ def test_the_compiled_forward_on_cuda_gives_the_eager_answers(nets, images, conf
         assert torch.equal(gflops, eager.gflops.cpu())
 
 
-def test_training_on_the_gpu_takes_the_cpus_steps():
-    """The same initial weights, batches and dropped branches (the masks are drawn on the CPU): after
-    two steps the GPU's weights are the CPU's up to rounding. Adam's first steps move a weight by
-    about lr times the sign of its gradient, so a gradient within rounding of zero may put one
-    weight up to 2 lr a step apart; nearly every weight agrees far closer."""
+def test_training_on_the_gpu_takes_the_cpus_steps(monkeypatch):
+    """The same initial weights, batches and dropped branches (the masks are drawn on the host):
+    after two steps the GPU's weights are the CPU's up to rounding. Adam's first steps move a
+    weight by about lr times the sign of its gradient, so a gradient within rounding of zero may
+    put one weight up to 2 lr a step apart; nearly every weight agrees far closer (masks drawn on
+    the GPU would put many weights ~1e-4 apart). Then a step with ATS active and the held-out
+    scores run on the GPU as well."""
     from ats_viz.arch import build
-    from ats_viz.train import Recipe, shapes_spec, train
+    from ats_viz.train import Recipe, heldout_metrics, shapes_spec, train
 
-    torch.backends.cudnn.allow_tf32 = False  # the stem's convolutions, exact as on the CPU
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # the stem's convolutions, as on the CPU
     recipe = Recipe(steps=2, batch=8, warmup=1, seed=0, drop_path=0.5)
     torch.manual_seed(0)
     cpu = build(shapes_spec(width=32, depth=4, heads=2))
@@ -190,3 +192,7 @@ def test_training_on_the_gpu_takes_the_cpus_steps():
     diffs = torch.cat([(got[k].detach().cpu() - p.detach()).abs().flatten() for k, p in cpu.named_parameters()])
     assert float(diffs.max()) <= 2 * recipe.steps * recipe.lr * 1.01
     assert float((diffs <= 1e-5).float().mean()) >= 0.99
+    assert train(gpu, dataclasses.replace(recipe, steps=1, ats=True), log=lambda s: None) == 1
+    assert all(bool(p.isfinite().all()) for p in gpu.parameters())
+    scored, reference = heldout_metrics(gpu, per_class=1), heldout_metrics(cpu, per_class=1)
+    assert scored["images"] == 10 and scored["gflops_full"] == pytest.approx(reference["gflops_full"])
