@@ -2,7 +2,8 @@
 # Issue 22's GPU checks and measurements in one command, on a machine with CUDA, most important
 # first (a lent GPU is lent for minutes): the CUDA tests; bench_speed eager in fp32 on DeiT-S, ViT-B
 # and the shipped model at batch 1, 32 and 256, the authors' ToMe and EViT timed beside ours, and
-# where the time goes at batch 256 and 1 (bench_profile); the same in bf16; then compiled on DeiT-S
+# where the time goes at batch 256 and 1 (bench_profile); the same in bf16; a short run of the
+# training command (issue 23); then compiled on DeiT-S
 # at batch 1 and 32: the fixed-rate methods, the compiled tests, and ATS, with whatever time is left
 # (each bench_speed --compile run fills the README's section anew: the log holds every table).
 # Each step is cut off at its share of DEADLINE seconds (default 540), so that one slow step cannot
@@ -39,6 +40,9 @@ step 30 $PY bench/bench_profile.py --device cuda --batch 1 --settings ats:all,to
 step 100 $PY bench/bench_speed.py --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
 [ -n "${RELEASES:-}" ] && step 45 $PY bench/bench_releases.py --tome "$RELEASES/ToMe" --evit "$RELEASES/evit" \
   --device cuda --batch 1,32,256 --models deit_s,vit_b --dtype bf16
+# Issue 23: the training command on the GPU, 400 steps (its log's img/s: how fast the GPU trains the
+# shipped recipe; scenes drawn by --workers processes), its card in $OUT/train.
+step 75 $PY -m ats_viz train --out "${OUT:-/tmp}/train" --steps 400 --ats-steps 20 --eval-per-class 10
 # Compiled last, the fixed-rate methods (CUDA graphs) first: on 2026-11-30 compiling ATS on the
 # H200 outlasted 235 s, so its step logs dynamo's recompiles, to show why.
 step 200 $PY bench/bench_speed.py --device cuda --batch 1,32 --models deit_s --compile --methods topk,tome,evit,pitome
