@@ -8,7 +8,8 @@ least 5 points below with disjoint 95% Wilson intervals), how the methods rank a
 (each method's top-1 interpolated along its own curve at the GFLOPs of ATS's ladder), and how
 ATS's per-image token count follows the number of objects in the scene; and by which block the
 class token has its answer (top-1 with only 2 random patch tokens left from block b on): from
-there on, dropping tokens costs little.
+there on, dropping tokens costs little; and what merging costs, ToMe front-loaded down to one
+patch token.
 
 Usage (from the repository root; the package need not be installed):
     python -m bench.bench_model                         # 2,000 scenes of a fresh seed, shipped model
@@ -32,7 +33,8 @@ from ats_viz.data import load_dataset
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.methods import METHODS, parse_ladder
 from ats_viz.models import load_model
-from ats_viz.setting import ATSConfig
+from ats_viz.cost import fixed_counts
+from ats_viz.setting import ATSConfig, from_text
 from ats_viz.stats import summarize, wilson
 
 
@@ -54,18 +56,21 @@ def main() -> None:
     settings = make_settings(ladders)
     blocks = range(1, len(model.net.blocks))
     probes = [ATSConfig(method="random", stages=(b,), k=2) for b in blocks]
+    # ToMe front-loaded (the authors' decreasing schedule, inflection -1: r x 2 merged at block 0,
+    # falling to 0 at the last), down to one patch token: what merging, rather than dropping, costs.
+    merges = [from_text("tome", "", value) for value in ("17:-1", "25:-1", "40:-1")]
     with tempfile.TemporaryDirectory() as tmp:
         folder = synthetic.write_imagefolder(Path(tmp) / "scenes", args.per_class, seed)
         dataset = load_dataset(folder, model.class_names)
         t0 = time.perf_counter()
-        result = run_sweep(model, dataset, [*settings, *probes], batch=50, cache=None)
+        result = run_sweep(model, dataset, [*settings, *probes, *merges], batch=50, cache=None)
         minutes = (time.perf_counter() - t0) / 60
     per_image = result.per_image()
     table = summarize(per_image, result.full_gflops).set_index("setting")
     summary = table.loc[[cfg.id for cfg in settings]]
     n = len(dataset.items)
     print(f"{model.name} ({model.card.get('name', '?')}), {n:,} scenes of seed {seed} (1 to "
-          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings and {len(probes)} probes, {minutes:.1f} min, "
+          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings and {len(probes) + len(merges)} probes, {minutes:.1f} min, "
           f"torch {torch.__version__}\n")
     print("| setting | top-1 (95% CI) | mean GFLOPs | saved | final patch tokens |")
     print("|---|---|---|---|---|")
@@ -146,6 +151,18 @@ def main() -> None:
           "baseline's, one draw per block, the same for every image):\n")
     print("| b | " + " | ".join(str(b) for b in blocks) + " |\n|---|" + "---|" * len(blocks))
     print("| top-1 | " + " | ".join(f"{table.loc[cfg.id, 'top1']:.1%}" for cfg in probes) + " |")
+
+    net = model.net
+    print("\nMerging instead of dropping: ToMe front-loaded (inflection -1: twice r merged at block 0, "
+          f"falling to none at the last; full {full.top1:.1%}):\n")
+    print("| setting | top-1 (95% CI) | saved | patch tokens entering blocks 2, 4, 6, 8 | after the last |")
+    print("|---|---|---|---|---|")
+    for cfg in merges:
+        r = table.loc[cfg.id]
+        counts = [c - net.num_prefix_tokens for c in
+                  fixed_counts(cfg, len(net.blocks), net.patch_embed.num_patches, net.num_prefix_tokens)]
+        print(f"| {cfg.id} | {r.top1:.1%} ({r.ci_low:.1%}-{r.ci_high:.1%}) | {r.gflops_saved:.1%} | "
+              f"{', '.join(str(counts[b]) for b in (2, 4, 6, 8))} | {counts[-1]} |")
 
 
 if __name__ == "__main__":
