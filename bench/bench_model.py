@@ -29,11 +29,11 @@ import pandas as pd
 import torch
 
 from ats_viz import synthetic, viz
+from ats_viz.cost import fixed_counts
 from ats_viz.data import load_dataset
 from ats_viz.evaluate import make_settings, run_sweep
 from ats_viz.methods import METHODS, parse_ladder
 from ats_viz.models import load_model
-from ats_viz.cost import fixed_counts
 from ats_viz.setting import ATSConfig, from_text
 from ats_viz.stats import summarize, wilson
 
@@ -70,8 +70,8 @@ def main() -> None:
     summary = table.loc[[cfg.id for cfg in settings]]
     n = len(dataset.items)
     print(f"{model.name} ({model.card.get('name', '?')}), {n:,} scenes of seed {seed} (1 to "
-          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings and {len(probes) + len(merges)} probes, {minutes:.1f} min, "
-          f"torch {torch.__version__}\n")
+          f"{synthetic.MAX_OBJECTS} objects), {len(settings)} settings and {len(probes) + len(merges)} probes, "
+          f"{minutes:.1f} min, torch {torch.__version__}\n")
     print("| setting | top-1 (95% CI) | mean GFLOPs | saved | final patch tokens |")
     print("|---|---|---|---|---|")
     for setting, r in summary.iterrows():
