@@ -9,6 +9,7 @@ from ats_viz import methods
 from ats_viz.cost import equal_cost, fixed_counts
 from ats_viz.merge import Reduced
 from ats_viz.methods import METHODS, Inflected, Param, Reducer, Where
+from ats_viz.methods.merging import tome_schedule
 from ats_viz.setting import from_text
 
 
@@ -119,6 +120,11 @@ def test_tomes_schedule_is_typed_and_can_be_written():
     assert from_text("tome", "0,1", "16, 12").r == (16, 12)
     with pytest.raises(InputError, match="inflection"):
         from_text("tome", "", "13:steep")
+    # Its direction, as ToMe's parse_r(12, (13, -0.5)) gives it, and as the help a person reads says
+    # (it once said the opposite): a negative inflection merges more in the first blocks.
+    assert fixed_counts(from_text("tome", "", "13:-0.5"), 12, 196, 1)[:4] == [197, 178, 161, 145]
+    assert tome_schedule(Inflected(13, -0.5), 12) == [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7]
+    assert "13:-0.5 merges more in the first blocks: 19 falling to 7" in methods.get("tome").param.help
 
 
 def test_unknown_methods_are_refused_everywhere():

@@ -18,8 +18,9 @@ from .base import (Option, Param, Reducer, StageInput, Value, Where, fraction_te
 
 @dataclass(frozen=True)
 class Inflected:
-    """ToMe's (r, inflection) schedule: r per block on average, shifted towards the first
-    blocks (inflection > 0) or the last (inflection < 0). Written "13:-0.5"."""
+    """ToMe's (r, inflection) schedule: r per block on average, falling from the first block to
+    the last (inflection < 0; -1 is its paper's "decreasing schedule") or rising (> 0). Written
+    "13:-0.5"."""
 
     r: int
     inflection: float
@@ -58,7 +59,7 @@ def tome_schedule(r: Value, depth: int) -> list[int]:
 
 def _r(text: str) -> Value:
     """'13' -> 13 merges in every block; '16, 16, 12' -> one per stage; '13:-0.5' -> ToMe's
-    schedule with inflection -0.5 (more merging in the last blocks)."""
+    schedule with inflection -0.5 (more merging in the first blocks)."""
     def one(s: str) -> Value:
         if ":" in s:
             r, inflection = s.split(":", 1)
@@ -74,7 +75,8 @@ class ToMe(Reducer):
     name, label, colour = "tome", "ToMe", (148, 103, 189)
     param = Param("r", "r", _r, "8,12,15,17",
                   "Tokens merged in each block (13 halves DeiT-S's 197 tokens to 41), one value per stage, "
-                  "or ToMe's schedule r:inflection (13:-0.5 merges more in the last blocks).", default=13)
+                  "or ToMe's schedule r:inflection (13:-0.5 merges more in the first blocks: 19 falling to 7).",
+                  default=13)
     where = Where.TOKENS
     evidence = "similarity"
     groups = True
