@@ -46,8 +46,6 @@ def _train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     device = check_device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     workers = default_workers() if args.workers is None else args.workers
-    if workers < 0:
-        raise InputError(f"The number of workers drawing scenes must be 0 or more (got {workers}).")
     out = Path(args.out) if args.out else ASSETS
     spec = shapes_spec(args.width, args.depth, args.heads)
     command = "python -m ats_viz " + " ".join(sys.argv[1:])

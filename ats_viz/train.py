@@ -28,6 +28,7 @@ from torch import nn
 from . import synthetic
 from .arch import MEAN, STD, ModelSpec, build
 from .devices import describe
+from .errors import InputError
 from .synthetic import HELDOUT_PER_CLASS, HELDOUT_SEED
 from .setting import FULL, ATSConfig
 from .vit import run_ats
@@ -135,6 +136,8 @@ def train(net: VisionTransformer, recipe: Recipe, log: Callable[[str], None] = p
 
     Returns the steps done: fewer than ``recipe.steps`` when ``stop_after_s`` ran out first.
     """
+    if workers < 0:
+        raise InputError(f"The number of workers drawing scenes must be 0 or more (got {workers}).")
     device = next(net.parameters()).device
     torch.manual_seed(recipe.seed)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1 and "pos_embed" not in n and "token" not in n]
